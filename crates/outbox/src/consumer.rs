@@ -1,0 +1,472 @@
+//! The consumer loop: Kafka records in, one database transaction per record.
+//!
+//! For each record the loop opens a transaction, claims the record's event id in the inbox,
+//! lets the [`Handler`] apply the effect (and write replies to the outbox) on that same
+//! transaction, and commits. Only then does it store the record's offset, which the client
+//! commits to the broker in the background. Whatever crashes where, a record is either
+//! finished exactly once in the database or delivered again and finished then.
+//!
+//! Failures are sorted by what retrying can achieve:
+//! - [`HandlerError::Permanent`] (the record cannot be decoded, or names something that can
+//!   never be valid): parked at once.
+//! - The database is unreachable: retried with capped exponential backoff for as long as it
+//!   takes. The partition waits, which is the right backpressure: nothing else could be
+//!   processed either.
+//! - Anything else (a deadlock, a bug tripping a constraint): retried up to
+//!   [`ConsumerSettings::max_attempts`] times, then parked, so one bad record cannot stall
+//!   its partition forever.
+//!
+//! Parking writes the inbox row (outcome `parked`) and an outbox row for the dead-letter
+//! topic, carrying the original bytes and the error in headers, in one transaction. The
+//! record is logged with its offset, never silently dropped.
+//!
+//! Records are processed one at a time in arrival order, so per-key order holds and memory
+//! stays bounded by one record.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, TopicPartitionList};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::inbox::{self, Origin, Outcome};
+use crate::message::{OutboxMessage, enqueue};
+
+/// A record received from Kafka, owned so the handler can keep it across awaits.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Topic it was read from.
+    pub topic: String,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// The record key, if any.
+    pub key: Option<Vec<u8>>,
+    /// The record value (empty for a tombstone).
+    pub payload: Vec<u8>,
+    /// Headers in record order; values that are not present are left out.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The inbox key: the `id` header written by [`crate::Relay`], or
+    /// `topic:partition:offset` for records that came from elsewhere.
+    pub event_id: String,
+}
+
+impl Incoming {
+    fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let mut headers = Vec::new();
+        if let Some(borrowed) = message.headers() {
+            for header in borrowed.iter() {
+                if let Some(value) = header.value {
+                    headers.push((header.key.to_owned(), value.to_vec()));
+                }
+            }
+        }
+        let event_id = headers
+            .iter()
+            .find(|(key, _)| key == "id")
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                format!(
+                    "{}:{}:{}",
+                    message.topic(),
+                    message.partition(),
+                    message.offset()
+                )
+            });
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+            event_id,
+        }
+    }
+
+    /// The first header called `name`, as UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
+    fn origin(&self) -> Origin<'_> {
+        Origin {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
+/// Why a handler could not process a record.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Retrying can never succeed: park the record.
+    #[error("{0}")]
+    Permanent(String),
+    /// Might succeed later: retry, then park after too many attempts.
+    #[error("{0}")]
+    Transient(String),
+    /// A database error; retried, without limit if the database is unreachable.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Applies one record's effect inside the transaction it is given.
+///
+/// The handler must do all its writes on `tx` and nothing irreversible outside it; the loop
+/// commits. Replies go through [`crate::enqueue`] on the same `tx`.
+pub trait Handler: Send + Sync {
+    /// Processes `message` on `tx`.
+    fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message: &Incoming,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// How the loop names itself, where it parks records and how it retries.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// The inbox's consumer name; one per logical consumer (usually the group id).
+    pub name: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// Where parked records go.
+    pub dead_letter_topic: String,
+    /// Attempts for errors that are neither permanent nor an unreachable database.
+    pub max_attempts: u32,
+    /// First retry delay; doubled each attempt up to `max_backoff`, with full jitter.
+    pub base_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl ConsumerSettings {
+    /// Settings with the default retry policy (5 attempts, 100 ms doubling to 5 s).
+    pub fn new(
+        name: impl Into<String>,
+        topics: Vec<String>,
+        dead_letter_topic: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            topics,
+            dead_letter_topic: dead_letter_topic.into(),
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A consumer context that logs partition assignments, which is most of what an operator
+/// wants to know when a group rebalances.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoggingContext;
+
+impl ClientContext for LoggingContext {}
+
+impl ConsumerContext for LoggingContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions assigned")
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions revoked")
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
+fn describe(partitions: &TopicPartitionList) -> String {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The consumer type [`run`] expects.
+pub type KafkaConsumer = StreamConsumer<LoggingContext>;
+
+/// Why the loop stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// Subscribing failed.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(KafkaError),
+}
+
+/// Consumes `settings.topics` until `shutdown` is cancelled; see the module docs.
+///
+/// `consumer` should be built from [`crate::kafka::consumer_config`] with
+/// [`LoggingContext`]. On shutdown the record in hand is finished (or left for redelivery if
+/// it is still waiting on a retry), stored offsets are committed synchronously, and the
+/// consumer leaves its group.
+pub async fn run<H: Handler>(
+    consumer: KafkaConsumer,
+    pool: PgPool,
+    handler: H,
+    settings: ConsumerSettings,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(ConsumerError::Subscribe)?;
+    tracing::info!(consumer = %settings.name, topics = ?settings.topics, "consumer started");
+
+    let worker = Worker {
+        pool,
+        handler,
+        settings,
+        shutdown: shutdown.clone(),
+    };
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            received = consumer.recv() => received,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                // Broker-side trouble (a partition leader moving, a broker restarting) is
+                // reported here; librdkafka reconnects by itself.
+                tracing::warn!(%error, "kafka receive error");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
+        };
+        let incoming = Incoming::from_message(&message);
+        if worker.finish(&incoming).await.is_err() {
+            // Shutdown arrived while retrying; the record stays unstored and is delivered
+            // again to whoever owns the partition next.
+            break;
+        }
+        if let Err(error) = consumer.store_offset_from_message(&message) {
+            // The partition was revoked meanwhile; its new owner gets the record again and
+            // the inbox skips it.
+            tracing::debug!(%error, "offset not stored");
+        }
+    }
+
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(%error, "final offset commit failed"),
+    }
+    consumer.unsubscribe();
+    tracing::info!("consumer stopped");
+    Ok(())
+}
+
+/// Shutdown interrupted a retry.
+struct Interrupted;
+
+struct Worker<H> {
+    pool: PgPool,
+    handler: H,
+    settings: ConsumerSettings,
+    shutdown: CancellationToken,
+}
+
+impl<H: Handler> Worker<H> {
+    /// Processes or parks `incoming`; returns only once the record is finished for good.
+    async fn finish(&self, incoming: &Incoming) -> Result<(), Interrupted> {
+        let mut counted_attempts = 0u32;
+        let mut backoff_step = 0u32;
+        loop {
+            let error = match self.process(incoming).await {
+                Ok(()) => return Ok(()),
+                Err(HandlerError::Permanent(reason)) => return self.park(incoming, &reason).await,
+                Err(error) => error,
+            };
+            if !is_unavailable(&error) {
+                counted_attempts += 1;
+                if counted_attempts >= self.settings.max_attempts {
+                    let reason = format!("gave up after {counted_attempts} attempts: {error}");
+                    return self.park(incoming, &reason).await;
+                }
+            }
+            backoff_step = backoff_step.saturating_add(1);
+            tracing::warn!(
+                topic = %incoming.topic,
+                partition = incoming.partition,
+                offset = incoming.offset,
+                attempt = backoff_step,
+                %error,
+                "processing failed; retrying"
+            );
+            self.sleep(backoff_step).await?;
+        }
+    }
+
+    async fn process(&self, incoming: &Incoming) -> Result<(), HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let first_time = inbox::claim(
+            &mut tx,
+            &self.settings.name,
+            &incoming.event_id,
+            incoming.origin(),
+            Outcome::Processed,
+            None,
+        )
+        .await?;
+        if !first_time {
+            tracing::debug!(event_id = %incoming.event_id, "duplicate delivery skipped");
+            return Ok(());
+        }
+        self.handler.handle(&mut tx, incoming).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn park(&self, incoming: &Incoming, reason: &str) -> Result<(), Interrupted> {
+        let mut step = 0u32;
+        loop {
+            match self.try_park(incoming, reason).await {
+                Ok(()) => {
+                    tracing::error!(
+                        topic = %incoming.topic,
+                        partition = incoming.partition,
+                        offset = incoming.offset,
+                        event_id = %incoming.event_id,
+                        dead_letter_topic = %self.settings.dead_letter_topic,
+                        reason,
+                        "message parked on the dead-letter topic"
+                    );
+                    return Ok(());
+                }
+                Err(error) => {
+                    step = step.saturating_add(1);
+                    tracing::warn!(%error, offset = incoming.offset, "cannot park message yet; retrying");
+                    self.sleep(step).await?;
+                }
+            }
+        }
+    }
+
+    async fn try_park(&self, incoming: &Incoming, reason: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let first_time = inbox::claim(
+            &mut tx,
+            &self.settings.name,
+            &incoming.event_id,
+            incoming.origin(),
+            Outcome::Parked,
+            Some(reason),
+        )
+        .await?;
+        if first_time {
+            let key = incoming
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            let mut message = OutboxMessage::new(
+                &self.settings.dead_letter_topic,
+                "dead-letter",
+                key,
+                "faultline.DeadLetter",
+                incoming.payload.clone(),
+            );
+            for (name, value) in &incoming.headers {
+                if let (false, Ok(value)) = (name == "id", std::str::from_utf8(value)) {
+                    message = message.with_header(name.clone(), value);
+                }
+            }
+            message = message
+                .with_header("dlq.error", reason)
+                .with_header("dlq.consumer", &self.settings.name)
+                .with_header("dlq.original.id", &incoming.event_id)
+                .with_header("dlq.original.topic", &incoming.topic)
+                .with_header("dlq.original.partition", incoming.partition.to_string())
+                .with_header("dlq.original.offset", incoming.offset.to_string());
+            enqueue(&mut tx, &message).await?;
+        }
+        tx.commit().await
+    }
+
+    async fn sleep(&self, step: u32) -> Result<(), Interrupted> {
+        let delay = full_jitter(self.settings.base_backoff, self.settings.max_backoff, step);
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(Interrupted),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter: uniform in `[0, min(max, base * 2^(step-1))]`.
+fn full_jitter(base: Duration, max: Duration, step: u32) -> Duration {
+    let exponent = step.saturating_sub(1).min(20);
+    let ceiling = base.saturating_mul(1u32 << exponent).min(max);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+/// True when the error says the database cannot be reached at all (as opposed to refusing
+/// this particular record).
+fn is_unavailable(error: &HandlerError) -> bool {
+    let HandlerError::Database(error) = error else {
+        return false;
+    };
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01-3: server shutting down or starting;
+            // 53300: too many connections.
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_its_cap() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        for step in 1..40 {
+            let delay = full_jitter(base, max, step);
+            let ceiling = base.saturating_mul(1 << (step - 1).min(20)).min(max);
+            assert!(delay <= ceiling, "step {step}: {delay:?} > {ceiling:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_database_is_not_the_messages_fault() {
+        assert!(is_unavailable(&HandlerError::Database(
+            sqlx::Error::PoolTimedOut
+        )));
+        assert!(!is_unavailable(&HandlerError::Database(
+            sqlx::Error::RowNotFound
+        )));
+        assert!(!is_unavailable(&HandlerError::Transient("busy".into())));
+    }
+}

@@ -1,0 +1,230 @@
+//! Typed configuration, loaded once at start.
+//!
+//! Every service has one `Config` struct whose `Default` impl is the single place its
+//! defaults are written down. [`load`] layers, lowest first: those defaults, an optional TOML
+//! file named by `<PREFIX>_CONFIG_FILE`, and environment variables `<PREFIX>_<FIELD>` with
+//! `__` between nested fields (`CHECKOUT_DATABASE__URL`). Unknown keys are errors, so a typo in
+//! a variable name stops the service instead of being silently ignored.
+
+use std::net::SocketAddr;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// A configuration that cannot be used, with the setting that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value could not be read or has the wrong type.
+    #[error("configuration could not be loaded: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value was read but is not acceptable.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid {
+        /// Name of the setting as an environment variable would spell it.
+        setting: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// Shorthand for [`ConfigError::Invalid`].
+    pub fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Loads `T` from its defaults, the optional file and the environment (see the module docs).
+pub fn load<T>(prefix: &str) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let file_var = format!("{prefix}_CONFIG_FILE");
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Ok(path) = std::env::var(&file_var) {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(
+            Env::prefixed(&format!("{prefix}_"))
+                .ignore(&["CONFIG_FILE"])
+                .split("__"),
+        )
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))
+}
+
+/// Where a service's Postgres database lives and how many connections it may hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connection URL; the database in it is created on first start if absent.
+    pub url: String,
+    /// Upper bound of the pool.
+    pub max_connections: u32,
+    /// How long a caller waits for a pooled connection before failing.
+    pub acquire_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    /// Settings for the database `name` on the local Postgres.
+    pub fn local(name: &str) -> Self {
+        Self {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            max_connections: 10,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+
+    /// Rejects settings that cannot work.
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        if !self.url.starts_with("postgres://") && !self.url.starts_with("postgresql://") {
+            return Err(ConfigError::invalid(
+                format!("{prefix}_DATABASE__URL"),
+                "must be a postgres:// URL",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                format!("{prefix}_DATABASE__MAX_CONNECTIONS"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a service reaches the Kafka-protocol broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    /// Prepended to every topic and consumer group name, so several independent systems
+    /// (test runs, say) can share one broker.
+    pub topic_prefix: String,
+    /// Partitions for topics this service creates.
+    pub partitions: i32,
+    /// Replication factor for topics this service creates (1 on a single local broker).
+    pub replication_factor: i32,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            partitions: 3,
+            replication_factor: 1,
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// The full name of `topic` under this system's prefix.
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix)
+    }
+
+    /// Rejects settings that cannot work.
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{prefix}_KAFKA__BROKERS"),
+                "must name at least one broker",
+            ));
+        }
+        if self.partitions < 1 {
+            return Err(ConfigError::invalid(
+                format!("{prefix}_KAFKA__PARTITIONS"),
+                "must be at least 1",
+            ));
+        }
+        if self.replication_factor < 1 {
+            return Err(ConfigError::invalid(
+                format!("{prefix}_KAFKA__REPLICATION_FACTOR"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The admin HTTP server that answers the probes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Example {
+        name: String,
+        kafka: KafkaSettings,
+    }
+
+    impl Default for Example {
+        fn default() -> Self {
+            Self {
+                name: "default".into(),
+                kafka: KafkaSettings::default(),
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_then_environment_with_nested_fields() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMPLE_NAME", "from-env");
+            jail.set_env("EXAMPLE_KAFKA__PARTITIONS", "7");
+            let config: Example = load("EXAMPLE").map_err(|e| e.to_string())?;
+            assert_eq!(config.name, "from-env");
+            assert_eq!(config.kafka.partitions, 7);
+            assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_file_sits_between_defaults_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("example.toml", "name = \"from-file\"\n[kafka]\npartitions = 5\n")?;
+            jail.set_env("EXAMPLE_CONFIG_FILE", "example.toml");
+            jail.set_env("EXAMPLE_KAFKA__PARTITIONS", "9");
+            let config: Example = load("EXAMPLE").map_err(|e| e.to_string())?;
+            assert_eq!(config.name, "from-file");
+            assert_eq!(config.kafka.partitions, 9);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_misspelled_variable_is_an_error_not_a_silent_default() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMPLE_KAFKA__PARTITONS", "7");
+            let err = load::<Example>("EXAMPLE").unwrap_err();
+            assert!(err.to_string().contains("partitons"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let kafka = KafkaSettings {
+            partitions: 0,
+            ..KafkaSettings::default()
+        };
+        let err = kafka.validate("CHECKOUT").unwrap_err();
+        assert!(err.to_string().contains("CHECKOUT_KAFKA__PARTITIONS"), "{err}");
+    }
+}

@@ -1,0 +1,17 @@
+//! The plumbing every Faultline service shares and no business logic needs to see:
+//!
+//! - [`config`]: one typed configuration struct per service, loaded once from defaults, an
+//!   optional TOML file and environment variables, and validated before anything starts.
+//! - [`db`]: a Postgres pool whose database is created on first start.
+//! - [`grpc`]: database errors as gRPC status codes.
+//! - [`health`]: liveness, readiness and startup probes on a small admin HTTP server.
+//! - [`messaging`]: typed protobuf envelopes on the outbox and inbox.
+//! - [`shutdown`]: a cancellation token that SIGTERM and Ctrl-C trip, so every task can stop
+//!   in order.
+
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod health;
+pub mod messaging;
+pub mod shutdown;

@@ -1,0 +1,50 @@
+//! Inventory's configuration. The `Default` impl below is the one place its defaults live;
+//! every field can be overridden by `INVENTORY_<FIELD>` (nested with `__`) or by a TOML file
+//! named in `INVENTORY_CONFIG_FILE`.
+
+use std::net::SocketAddr;
+
+use faultline_platform::config::{
+    self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings,
+};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix.
+pub const PREFIX: &str = "INVENTORY";
+
+/// Everything the inventory service reads at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address. Default `127.0.0.1:50051`.
+    pub grpc_listen: SocketAddr,
+    /// Probe server. Default `127.0.0.1:9181`.
+    pub admin: AdminSettings,
+    /// Default: database `inventory` on the local Postgres.
+    pub database: DatabaseSettings,
+    /// Default: broker on `127.0.0.1:9092`, no topic prefix, 3 partitions.
+    pub kafka: KafkaSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin: AdminSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9181)),
+            },
+            database: DatabaseSettings::local("inventory"),
+            kafka: KafkaSettings::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the configuration.
+    pub fn load() -> Result<Self, ConfigError> {
+        let config: Self = config::load(PREFIX)?;
+        config.database.validate(PREFIX)?;
+        config.kafka.validate(PREFIX)?;
+        Ok(config)
+    }
+}

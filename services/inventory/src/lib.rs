@@ -1,0 +1,87 @@
+//! Inventory: the product catalog and stock levels.
+//!
+//! - gRPC `GetProducts` and `UpsertProducts` ([`grpc`]) over the catalog ([`catalog`]).
+//! - Kafka commands `ReserveStock`, `ReleaseStock`, `CommitStock` ([`commands`]) over the
+//!   reservation rules ([`stock`]), each answered with an event through the outbox.
+//!
+//! [`run`] starts everything and returns after a graceful shutdown.
+
+pub mod catalog;
+pub mod commands;
+mod config;
+pub mod grpc;
+pub mod stock;
+
+pub use config::{Config, PREFIX};
+
+use anyhow::Context;
+use faultline_platform::health::{self, Health};
+use faultline_platform::messaging::{Messaging, Wiring};
+use faultline_platform::db;
+use faultline_proto::contract::topics;
+use faultline_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::commands::CommandHandler;
+use crate::grpc::InventoryGrpc;
+
+/// The service's own migrations, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Runs the inventory service until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let health = Health::new();
+    let admin = tokio::spawn(health::serve(
+        config.admin.listen,
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let pool = db::open(&config.database, &MIGRATOR)
+        .await
+        .context("preparing the inventory database")?;
+    let check_pool = pool.clone();
+    health.add_check("database", move || {
+        let pool = check_pool.clone();
+        async move { db::ping(&pool).await.map_err(|e| e.to_string()) }
+    });
+
+    let wiring = Wiring {
+        service: "inventory",
+        consumes: vec![topics::INVENTORY_COMMANDS],
+        produces: vec![topics::INVENTORY_EVENTS],
+    };
+    let handler = CommandHandler {
+        events_topic: config.kafka.topic(topics::INVENTORY_EVENTS),
+    };
+    let messaging = Messaging::start(&pool, &config.kafka, wiring, handler, &shutdown)
+        .await
+        .context("starting Kafka messaging")?;
+
+    let incoming = TcpIncoming::bind(config.grpc_listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<InventoryServiceServer<InventoryGrpc>>()
+        .await;
+    let grpc = Server::builder()
+        .add_service(health_service)
+        .add_service(InventoryServiceServer::new(InventoryGrpc::new(pool.clone())))
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+
+    health.mark_started();
+    tracing::info!(listen = %config.grpc_listen, "inventory is serving gRPC");
+    let served = grpc.await;
+
+    health.mark_draining();
+    messaging.join().await;
+    pool.close().await;
+    if let Ok(Err(error)) = admin.await {
+        tracing::warn!(%error, "admin server failed");
+    }
+    served.context("gRPC server failed")?;
+    tracing::info!("inventory stopped");
+    Ok(())
+}
