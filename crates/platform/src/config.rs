@@ -166,7 +166,7 @@ pub struct AdminSettings {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Example {
         name: String,

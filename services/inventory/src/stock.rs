@@ -295,7 +295,8 @@ mod tests {
 
     #[test]
     fn lines_of_one_sku_are_summed_and_sorted() {
-        let merged = merge_lines(&[line("B", 1), line("A", 2), line("B", 3)]).unwrap();
+        let lines = [line("B", 1), line("A", 2), line("B", 3)];
+        let merged = merge_lines(&lines).unwrap();
         assert_eq!(merged.into_iter().collect::<Vec<_>>(), vec![("A", 2), ("B", 4)]);
     }
 

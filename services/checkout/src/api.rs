@@ -1,0 +1,379 @@
+//! The public HTTP API. Handlers are thin: extract, call [`crate::orders`], and map every
+//! failure through the one [`IntoResponse`] impl of [`ApiError`], which answers with an
+//! RFC 9457 problem document (`application/problem+json`).
+//!
+//! | method and path         | success                          |
+//! |-------------------------|----------------------------------|
+//! | `POST /v1/orders`       | 202 with the order id, `Location` |
+//! | `GET /v1/orders/{id}`   | 200 with the order                |
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use problem_details::ProblemDetails;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::catalog::{CatalogError, GrpcCatalog};
+use crate::orchestrator::Orchestrator;
+use crate::orders::{self, FieldError, Order, OrderLine, PlaceOrder, PlaceOrderError};
+
+/// What every handler needs.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Checkout's database.
+    pub pool: PgPool,
+    /// Inventory's catalog.
+    pub catalog: GrpcCatalog,
+    /// Starts the saga of each new order.
+    pub orchestrator: Orchestrator,
+}
+
+/// The API's routes, with bodies limited to `max_body_bytes`.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/orders", post(place_order))
+        .route("/v1/orders/{id}", get(get_order))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Body of `POST /v1/orders`. Unknown fields are refused so that a misspelt field is an
+/// error rather than silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceOrderBody {
+    customer_id: String,
+    items: Vec<ItemBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemBody {
+    sku: String,
+    // Signed so that a negative quantity gets a clear validation error, not a type error.
+    quantity: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Accepted {
+    order_id: Uuid,
+    status: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct MoneyBody {
+    amount_minor: i64,
+    currency: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ItemView {
+    sku: String,
+    name: String,
+    quantity: i64,
+    unit_price: MoneyBody,
+}
+
+#[derive(Debug, Serialize)]
+struct Cancellation {
+    code: String,
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct OrderView {
+    order_id: Uuid,
+    customer_id: String,
+    status: String,
+    items: Vec<ItemView>,
+    total: MoneyBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancellation: Option<Cancellation>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Order> for OrderView {
+    fn from(order: Order) -> Self {
+        let currency = order.currency;
+        Self {
+            order_id: order.id,
+            customer_id: order.customer_id,
+            status: order.status,
+            items: order
+                .items
+                .into_iter()
+                .map(|item| ItemView {
+                    sku: item.sku,
+                    name: item.name,
+                    quantity: item.quantity,
+                    unit_price: MoneyBody {
+                        amount_minor: item.unit_price_minor,
+                        currency: currency.clone(),
+                    },
+                })
+                .collect(),
+            total: MoneyBody {
+                amount_minor: order.total_minor,
+                currency: currency.clone(),
+            },
+            cancellation: order.cancellation_code.map(|code| Cancellation {
+                code,
+                reason: order.cancellation_reason.unwrap_or_default(),
+            }),
+            created_at: order.created_at,
+            updated_at: order.updated_at,
+        }
+    }
+}
+
+async fn place_order(
+    State(state): State<AppState>,
+    body: Result<Json<PlaceOrderBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let request = PlaceOrder {
+        customer_id: body.customer_id,
+        lines: body
+            .items
+            .into_iter()
+            .map(|item| OrderLine {
+                sku: item.sku,
+                quantity: item.quantity,
+            })
+            .collect(),
+    };
+    let order_id = orders::place(&state.pool, &state.catalog, &state.orchestrator, request).await?;
+    let location = HeaderValue::from_str(&format!("/v1/orders/{order_id}"))
+        .map_err(|_| ApiError::Internal)?;
+    let body = Accepted {
+        order_id,
+        status: "PENDING",
+    };
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+async fn get_order(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    // A malformed id names no order either; one answer for both keeps the API simple.
+    let order_id = Uuid::parse_str(&id).map_err(|_| ApiError::OrderNotFound(id.clone()))?;
+    match orders::find(&state.pool, order_id).await? {
+        Some(order) => Ok(Json(order.into())),
+        None => Err(ApiError::OrderNotFound(id)),
+    }
+}
+
+/// Every way a request can fail, each mapped to one problem type.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The body could not be read as the expected JSON.
+    Body(JsonRejection),
+    /// The order breaks validation rules.
+    Invalid(Vec<FieldError>),
+    /// The catalog does not know these SKUs.
+    UnknownProducts(Vec<String>),
+    /// The order cannot be priced.
+    Unpriceable(String),
+    /// No order has this id.
+    OrderNotFound(String),
+    /// No such route.
+    RouteNotFound,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    /// A dependency (inventory, the database) is unavailable; retry later.
+    Unavailable(String),
+    /// A bug; details are in the logs.
+    Internal,
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::Body(rejection)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                tracing::warn!(%error, "database unavailable");
+                Self::Unavailable("the order database is unavailable".into())
+            }
+            error => {
+                tracing::error!(%error, "database error");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl From<PlaceOrderError> for ApiError {
+    fn from(error: PlaceOrderError) -> Self {
+        match error {
+            PlaceOrderError::Invalid(errors) => Self::Invalid(errors),
+            PlaceOrderError::UnknownSkus(skus) => Self::UnknownProducts(skus),
+            PlaceOrderError::Unpriceable(reason) => Self::Unpriceable(reason),
+            PlaceOrderError::Catalog(CatalogError::Unavailable(detail)) => {
+                tracing::warn!(%detail, "inventory unavailable");
+                Self::Unavailable("the product catalog is unavailable".into())
+            }
+            PlaceOrderError::Catalog(CatalogError::Failed(detail)) => {
+                tracing::error!(%detail, "catalog lookup failed");
+                Self::Internal
+            }
+            PlaceOrderError::Database(error) => error.into(),
+        }
+    }
+}
+
+/// A problem document under construction.
+struct Problem {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+    detail: String,
+    extensions: Map<String, Value>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: String) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail,
+            extensions: Map::new(),
+        }
+    }
+
+    fn with(mut self, key: &str, value: Value) -> Self {
+        self.extensions.insert(key.to_owned(), value);
+        self
+    }
+}
+
+impl ApiError {
+    fn problem(self) -> Problem {
+        use StatusCode as S;
+        match self {
+            Self::Body(rejection) => {
+                let detail = rejection.body_text();
+                match rejection {
+                    JsonRejection::JsonSyntaxError(_) => {
+                        Problem::new(S::BAD_REQUEST, "malformed-json", "The body is not valid JSON", detail)
+                    }
+                    JsonRejection::JsonDataError(_) => Problem::new(
+                        S::UNPROCESSABLE_ENTITY,
+                        "invalid-body",
+                        "The body does not have the expected shape",
+                        detail,
+                    ),
+                    JsonRejection::MissingJsonContentType(_) => Problem::new(
+                        S::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported-media-type",
+                        "The body must be application/json",
+                        detail,
+                    ),
+                    other if other.status() == S::PAYLOAD_TOO_LARGE => Problem::new(
+                        S::PAYLOAD_TOO_LARGE,
+                        "body-too-large",
+                        "The body is too large",
+                        detail,
+                    ),
+                    other => Problem::new(other.status(), "unreadable-body", "The body could not be read", detail),
+                }
+            }
+            Self::Invalid(errors) => {
+                let detail = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let list: Vec<Value> = errors
+                    .into_iter()
+                    .map(|e| json!({ "field": e.field, "message": e.message }))
+                    .collect();
+                Problem::new(S::UNPROCESSABLE_ENTITY, "invalid-order", "The order is invalid", detail)
+                    .with("errors", Value::Array(list))
+            }
+            Self::UnknownProducts(skus) => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "unknown-products",
+                "The order names products that do not exist",
+                format!("unknown SKUs: {}", skus.join(", ")),
+            )
+            .with("unknown_skus", json!(skus)),
+            Self::Unpriceable(reason) => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "unpriceable-order",
+                "The order cannot be priced",
+                reason,
+            ),
+            Self::OrderNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "order-not-found",
+                "No such order",
+                format!("there is no order with id {id:?}"),
+            ),
+            Self::RouteNotFound => Problem::new(
+                S::NOT_FOUND,
+                "not-found",
+                "No such resource",
+                "the path does not name a resource of this API".into(),
+            ),
+            Self::MethodNotAllowed => Problem::new(
+                S::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "the resource does not support this method".into(),
+            ),
+            Self::Unavailable(detail) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "dependency-unavailable",
+                "A dependency is unavailable; retry later",
+                detail,
+            ),
+            Self::Internal => Problem::new(
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the request failed; it has been logged".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status = problem.status;
+        let type_uri = format!("/problems/{}", problem.slug);
+        let mut details = ProblemDetails::from_status_code(status)
+            .with_title(problem.title)
+            .with_detail(problem.detail)
+            .with_extensions(problem.extensions);
+        if let Ok(uri) = type_uri.parse::<Uri>() {
+            details = details.with_type(uri);
+        }
+        let mut response = details.into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

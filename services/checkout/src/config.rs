@@ -1,0 +1,146 @@
+//! Checkout's configuration. The `Default` impl below is the one place its defaults live;
+//! every field can be overridden by `CHECKOUT_<FIELD>` (nested with `__`) or by a TOML file
+//! named in `CHECKOUT_CONFIG_FILE`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use faultline_platform::config::{
+    self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings,
+};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix.
+pub const PREFIX: &str = "CHECKOUT";
+
+/// Everything checkout reads at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Public HTTP API. Default `127.0.0.1:8080`.
+    pub http_listen: SocketAddr,
+    /// Largest request body accepted, in bytes. Default 65 536.
+    pub max_body_bytes: usize,
+    /// Probe server. Default `127.0.0.1:9180`.
+    pub admin: AdminSettings,
+    /// Default: database `checkout` on the local Postgres.
+    pub database: DatabaseSettings,
+    /// Default: broker on `127.0.0.1:9092`, no topic prefix, 3 partitions.
+    pub kafka: KafkaSettings,
+    /// How checkout calls inventory's catalog.
+    pub inventory: InventoryClientSettings,
+    /// Saga deadlines.
+    pub saga: SagaSettings,
+}
+
+/// The gRPC client for inventory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryClientSettings {
+    /// Default `http://127.0.0.1:50051`.
+    pub url: String,
+    /// Default 1 000 ms.
+    pub connect_timeout_ms: u64,
+    /// Whole-call deadline, also sent to inventory as `grpc-timeout`. Default 2 000 ms.
+    pub request_timeout_ms: u64,
+}
+
+/// How long saga steps may take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SagaSettings {
+    /// A step without an answer after this long is sent again. Default 15 000 ms.
+    pub step_timeout_ms: u64,
+    /// Sends of a compensable step before the order is cancelled. Default 3.
+    pub max_attempts: u32,
+    /// How often overdue sagas are looked for. Default 1 000 ms.
+    pub sweep_interval_ms: u64,
+}
+
+impl SagaSettings {
+    /// `step_timeout_ms` as a duration.
+    pub fn step_timeout(&self) -> Duration {
+        Duration::from_millis(self.step_timeout_ms)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 64 * 1024,
+            admin: AdminSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            },
+            database: DatabaseSettings::local("checkout"),
+            kafka: KafkaSettings::default(),
+            inventory: InventoryClientSettings {
+                url: "http://127.0.0.1:50051".into(),
+                connect_timeout_ms: 1_000,
+                request_timeout_ms: 2_000,
+            },
+            saga: SagaSettings {
+                step_timeout_ms: 15_000,
+                max_attempts: 3,
+                sweep_interval_ms: 1_000,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the configuration.
+    pub fn load() -> Result<Self, ConfigError> {
+        let config: Self = config::load(PREFIX)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects settings that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.database.validate(PREFIX)?;
+        self.kafka.validate(PREFIX)?;
+        let positive = [
+            ("MAX_BODY_BYTES", self.max_body_bytes as u64),
+            ("INVENTORY__CONNECT_TIMEOUT_MS", self.inventory.connect_timeout_ms),
+            ("INVENTORY__REQUEST_TIMEOUT_MS", self.inventory.request_timeout_ms),
+            ("SAGA__STEP_TIMEOUT_MS", self.saga.step_timeout_ms),
+            ("SAGA__MAX_ATTEMPTS", u64::from(self.saga.max_attempts)),
+            ("SAGA__SWEEP_INTERVAL_MS", self.saga.sweep_interval_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    format!("{PREFIX}_{name}"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        if !self.inventory.url.starts_with("http://") && !self.inventory.url.starts_with("https://")
+        {
+            return Err(ConfigError::invalid(
+                format!("{PREFIX}_INVENTORY__URL"),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused_by_name() {
+        let mut config = Config::default();
+        config.saga.step_timeout_ms = 0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("CHECKOUT_SAGA__STEP_TIMEOUT_MS"), "{error}");
+    }
+}

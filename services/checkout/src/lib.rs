@@ -1,0 +1,135 @@
+//! Checkout: the public order API and the orchestrator of the order saga.
+//!
+//! - [`api`]: `POST /v1/orders` and `GET /v1/orders/{id}` (axum).
+//! - [`orders`]: placing (validate, price, store, start the saga) and reading orders.
+//! - [`catalog`]: product lookups against inventory over gRPC.
+//! - [`saga`]: the saga as a pure state machine; [`orchestrator`] runs it against the
+//!   database and the outbox; [`events`] feeds it the participants' answers from Kafka.
+//!
+//! [`run`] starts everything and returns after a graceful shutdown.
+
+pub mod api;
+pub mod catalog;
+mod config;
+pub mod events;
+pub mod orchestrator;
+pub mod orders;
+pub mod saga;
+
+pub use config::{Config, InventoryClientSettings, PREFIX, SagaSettings};
+
+use std::time::Duration;
+
+use anyhow::Context;
+use faultline_platform::db;
+use faultline_platform::health::{self, Health};
+use faultline_platform::messaging::{Messaging, Wiring};
+use faultline_proto::contract::topics;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::catalog::GrpcCatalog;
+use crate::events::EventHandler;
+use crate::orchestrator::{Orchestrator, Topics};
+
+/// The service's own migrations, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Runs checkout until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let health = Health::new();
+    let admin = tokio::spawn(health::serve(
+        config.admin.listen,
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let pool = db::open(&config.database, &MIGRATOR)
+        .await
+        .context("preparing the checkout database")?;
+    let check_pool = pool.clone();
+    health.add_check("database", move || {
+        let pool = check_pool.clone();
+        async move { db::ping(&pool).await.map_err(|e| e.to_string()) }
+    });
+
+    let kafka = &config.kafka;
+    let orchestrator = Orchestrator::new(
+        Topics {
+            inventory_commands: kafka.topic(topics::INVENTORY_COMMANDS),
+            payments_commands: kafka.topic(topics::PAYMENTS_COMMANDS),
+            orders_events: kafka.topic(topics::ORDERS_EVENTS),
+        },
+        config.saga.step_timeout(),
+        config.saga.max_attempts,
+    );
+    let wiring = Wiring {
+        service: "checkout",
+        consumes: vec![topics::INVENTORY_EVENTS, topics::PAYMENTS_EVENTS],
+        produces: vec![
+            topics::INVENTORY_COMMANDS,
+            topics::PAYMENTS_COMMANDS,
+            topics::ORDERS_EVENTS,
+        ],
+    };
+    let handler = EventHandler {
+        orchestrator: orchestrator.clone(),
+    };
+    let messaging = Messaging::start(&pool, kafka, wiring, handler, &shutdown)
+        .await
+        .context("starting Kafka messaging")?;
+    let sweeper = tokio::spawn(sweep_deadlines(
+        pool.clone(),
+        orchestrator.clone(),
+        Duration::from_millis(config.saga.sweep_interval_ms),
+        shutdown.clone(),
+    ));
+
+    let catalog = GrpcCatalog::new(&config.inventory).context("inventory client")?;
+    let state = AppState {
+        pool: pool.clone(),
+        catalog,
+        orchestrator,
+    };
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_listen))?;
+    let app = api::router(state, config.max_body_bytes);
+    health.mark_started();
+    tracing::info!(listen = %config.http_listen, "checkout is serving HTTP");
+    let drain = shutdown.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { drain.cancelled().await })
+        .await;
+
+    health.mark_draining();
+    messaging.join().await;
+    if let Err(error) = sweeper.await {
+        tracing::error!(%error, "deadline sweeper panicked");
+    }
+    pool.close().await;
+    if let Ok(Err(error)) = admin.await {
+        tracing::warn!(%error, "admin server failed");
+    }
+    served.context("HTTP server failed")?;
+    tracing::info!("checkout stopped");
+    Ok(())
+}
+
+async fn sweep_deadlines(
+    pool: PgPool,
+    orchestrator: Orchestrator,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(error) = orchestrator.sweep(&pool).await {
+            tracing::warn!(%error, "deadline sweep failed; will retry");
+        }
+    }
+}

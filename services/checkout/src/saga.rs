@@ -1,0 +1,565 @@
+//! The order saga as a pure state machine.
+//!
+//! Checkout orchestrates: it sends a command to one participant at a time and moves on when
+//! the answer arrives. This module decides *what* happens; [`crate::orchestrator`] loads and
+//! stores the state and sends the commands, in one transaction per event.
+//!
+//! ```text
+//!  AwaitingStock ──StockReserved──▶ AwaitingPayment ──PaymentAuthorized──▶ Completing ──▶ Completed
+//!       │  (ReserveStock)                │  (AuthorizePayment)       order CONFIRMED   (CommitStock,
+//!       │                                │                                              CapturePayment)
+//!  StockRejected ──▶ Compensated    PaymentDeclined ──▶ Compensating ──▶ Compensated
+//!  order CANCELLED                   order CANCELLED   (ReleaseStock[, VoidPayment])
+//! ```
+//!
+//! Payment authorization is the pivot: before it every step can be undone, after it every
+//! remaining step (commit, capture) is one that must and can succeed, so it is retried
+//! rather than compensated. The decision (CONFIRMED or CANCELLED) is taken exactly once and
+//! stored in the same transaction as the commands that follow from it, so capture never
+//! happens without a confirmed order.
+//!
+//! Deadlines: a step that gets no answer in time is sent again (participants are idempotent
+//! per order) up to `max_attempts` sends, then compensated. Completing and compensating
+//! steps are never given up; they are re-sent until answered.
+//!
+//! Events that do not fit the current state (duplicates, late answers after a timeout) are
+//! ignored; the participants' own idempotency makes that safe.
+
+use std::fmt;
+
+/// Where the saga of one order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// `ReserveStock` sent.
+    AwaitingStock,
+    /// Stock reserved; `AuthorizePayment` sent.
+    AwaitingPayment,
+    /// Order confirmed; waiting for `CommitStock` and `CapturePayment` to be done.
+    Completing {
+        /// `StockCommitted` received.
+        stock_committed: bool,
+        /// `PaymentCaptured` received.
+        payment_captured: bool,
+    },
+    /// Order cancelled; waiting for the compensations to be done.
+    Compensating {
+        /// `StockReleased` received.
+        stock_released: bool,
+        /// `PaymentVoided` received, or no void was needed.
+        payment_voided: bool,
+    },
+    /// Terminal: confirmed, stock sold, payment captured.
+    Completed,
+    /// Terminal: cancelled, everything undone.
+    Compensated,
+}
+
+impl State {
+    /// No event changes a terminal state.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated)
+    }
+}
+
+/// What the saga persists: its state and how often the current step was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Saga {
+    /// Current state.
+    pub state: State,
+    /// Sends of the current step's commands so far (1 after the first send).
+    pub attempts: u32,
+}
+
+/// Answers from participants, and the clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Inventory reserved every line.
+    StockReserved,
+    /// Inventory reserved nothing.
+    StockRejected {
+        /// Inventory's reason.
+        reason: String,
+    },
+    /// Inventory gave the reservation back.
+    StockReleased,
+    /// Inventory turned the reservation into sold stock.
+    StockCommitted,
+    /// Payments holds the funds.
+    PaymentAuthorized,
+    /// Payments refused.
+    PaymentDeclined {
+        /// The provider's reason.
+        reason: String,
+    },
+    /// Payments released the hold (or had none).
+    PaymentVoided,
+    /// Payments took the money.
+    PaymentCaptured,
+    /// The current step's deadline passed without an answer.
+    DeadlinePassed,
+}
+
+/// Commands the saga sends to participants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Command {
+    /// To inventory.
+    ReserveStock,
+    /// To inventory (compensation).
+    ReleaseStock,
+    /// To inventory.
+    CommitStock,
+    /// To payments.
+    AuthorizePayment,
+    /// To payments (compensation).
+    VoidPayment,
+    /// To payments.
+    CapturePayment,
+}
+
+/// Why an order was cancelled, as a stable code for machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CancellationCode {
+    /// Inventory could not reserve the items.
+    OutOfStock,
+    /// The payment provider refused.
+    PaymentDeclined,
+    /// Inventory did not answer in time.
+    InventoryTimeout,
+    /// Payments did not answer in time.
+    PaymentTimeout,
+}
+
+impl CancellationCode {
+    /// The code as stored and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OutOfStock => "out_of_stock",
+            Self::PaymentDeclined => "payment_declined",
+            Self::InventoryTimeout => "inventory_timeout",
+            Self::PaymentTimeout => "payment_timeout",
+        }
+    }
+}
+
+impl fmt::Display for CancellationCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The business decision on the order, taken once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The order is CONFIRMED.
+    Confirm,
+    /// The order is CANCELLED.
+    Cancel {
+        /// Stable code.
+        code: CancellationCode,
+        /// Human-readable reason, safe to show to the customer.
+        reason: String,
+    },
+}
+
+/// The result of an event that changed the saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The saga after the event.
+    pub saga: Saga,
+    /// Commands to send, in order.
+    pub commands: Vec<Command>,
+    /// The decision taken by this event, if any.
+    pub decision: Option<Decision>,
+    /// True when a new step (or a re-send) started, so its deadline starts again.
+    pub restart_deadline: bool,
+}
+
+impl Saga {
+    /// A new saga and its first command.
+    pub fn start() -> (Self, Command) {
+        (
+            Self {
+                state: State::AwaitingStock,
+                attempts: 1,
+            },
+            Command::ReserveStock,
+        )
+    }
+
+    /// Applies `event`. `None` means the event does not fit the current state and is
+    /// ignored. `max_attempts` bounds the sends of a step that can still be compensated.
+    pub fn on(&self, event: &Event, max_attempts: u32) -> Option<Transition> {
+        use Command::*;
+        use Event::*;
+        use State::*;
+
+        let step = |state, commands: Vec<Command>, decision| Transition {
+            saga: Saga { state, attempts: 1 },
+            commands,
+            decision,
+            restart_deadline: true,
+        };
+        let resend = |commands: Vec<Command>| Transition {
+            saga: Saga {
+                state: self.state,
+                attempts: self.attempts.saturating_add(1),
+            },
+            commands,
+            decision: None,
+            restart_deadline: true,
+        };
+        let progress = |state| Transition {
+            saga: Saga {
+                state,
+                attempts: self.attempts,
+            },
+            commands: vec![],
+            decision: None,
+            restart_deadline: false,
+        };
+        let cancel = |code, reason: &str| {
+            Some(Decision::Cancel {
+                code,
+                reason: reason.to_owned(),
+            })
+        };
+
+        Some(match (self.state, event) {
+            (AwaitingStock, StockReserved) => step(AwaitingPayment, vec![AuthorizePayment], None),
+            (AwaitingStock, StockRejected { reason }) => Transition {
+                restart_deadline: false,
+                ..step(Compensated, vec![], cancel(CancellationCode::OutOfStock, reason))
+            },
+            (AwaitingStock, DeadlinePassed) if self.attempts < max_attempts => {
+                resend(vec![ReserveStock])
+            }
+            // Inventory may still reserve late, so release whatever it might hold.
+            (AwaitingStock, DeadlinePassed) => step(
+                Compensating {
+                    stock_released: false,
+                    payment_voided: true,
+                },
+                vec![ReleaseStock],
+                cancel(
+                    CancellationCode::InventoryTimeout,
+                    "inventory did not answer in time",
+                ),
+            ),
+
+            (AwaitingPayment, PaymentAuthorized) => step(
+                Completing {
+                    stock_committed: false,
+                    payment_captured: false,
+                },
+                vec![CommitStock, CapturePayment],
+                Some(Decision::Confirm),
+            ),
+            (AwaitingPayment, PaymentDeclined { reason }) => step(
+                Compensating {
+                    stock_released: false,
+                    payment_voided: true,
+                },
+                vec![ReleaseStock],
+                cancel(CancellationCode::PaymentDeclined, reason),
+            ),
+            (AwaitingPayment, DeadlinePassed) if self.attempts < max_attempts => {
+                resend(vec![AuthorizePayment])
+            }
+            // Payments may still authorize late: void it, then release the stock.
+            (AwaitingPayment, DeadlinePassed) => step(
+                Compensating {
+                    stock_released: false,
+                    payment_voided: false,
+                },
+                vec![VoidPayment, ReleaseStock],
+                cancel(
+                    CancellationCode::PaymentTimeout,
+                    "payments did not answer in time",
+                ),
+            ),
+
+            (Completing { stock_committed: false, payment_captured }, StockCommitted) => {
+                progress(completing(true, payment_captured))
+            }
+            (Completing { stock_committed, payment_captured: false }, PaymentCaptured) => {
+                progress(completing(stock_committed, true))
+            }
+            (Completing { stock_committed, payment_captured }, DeadlinePassed) => {
+                let mut outstanding = vec![];
+                if !stock_committed {
+                    outstanding.push(CommitStock);
+                }
+                if !payment_captured {
+                    outstanding.push(CapturePayment);
+                }
+                resend(outstanding)
+            }
+
+            (Compensating { stock_released: false, payment_voided }, StockReleased) => {
+                progress(compensating(true, payment_voided))
+            }
+            (Compensating { stock_released, payment_voided: false }, PaymentVoided) => {
+                progress(compensating(stock_released, true))
+            }
+            (Compensating { stock_released, payment_voided }, DeadlinePassed) => {
+                let mut outstanding = vec![];
+                if !payment_voided {
+                    outstanding.push(VoidPayment);
+                }
+                if !stock_released {
+                    outstanding.push(ReleaseStock);
+                }
+                resend(outstanding)
+            }
+
+            _ => return None,
+        })
+    }
+}
+
+fn completing(stock_committed: bool, payment_captured: bool) -> State {
+    if stock_committed && payment_captured {
+        State::Completed
+    } else {
+        State::Completing {
+            stock_committed,
+            payment_captured,
+        }
+    }
+}
+
+fn compensating(stock_released: bool, payment_voided: bool) -> State {
+    if stock_released && payment_voided {
+        State::Compensated
+    } else {
+        State::Compensating {
+            stock_released,
+            payment_voided,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: u32 = 3;
+
+    /// Feeds `events` to a new saga; returns every transition that happened.
+    fn run(events: &[Event]) -> (Saga, Vec<Transition>) {
+        let (mut saga, _) = Saga::start();
+        let mut transitions = vec![];
+        for event in events {
+            if let Some(t) = saga.on(event, MAX) {
+                saga = t.saga;
+                transitions.push(t);
+            }
+        }
+        (saga, transitions)
+    }
+
+    fn decisions(transitions: &[Transition]) -> Vec<Decision> {
+        transitions.iter().filter_map(|t| t.decision.clone()).collect()
+    }
+
+    fn commands(transitions: &[Transition]) -> Vec<Command> {
+        transitions.iter().flat_map(|t| t.commands.clone()).collect()
+    }
+
+    #[test]
+    fn happy_path_confirms_then_commits_and_captures() {
+        let (saga, transitions) = run(&[
+            Event::StockReserved,
+            Event::PaymentAuthorized,
+            Event::PaymentCaptured,
+            Event::StockCommitted,
+        ]);
+        assert_eq!(saga.state, State::Completed);
+        assert_eq!(decisions(&transitions), vec![Decision::Confirm]);
+        assert_eq!(
+            commands(&transitions),
+            vec![Command::AuthorizePayment, Command::CommitStock, Command::CapturePayment]
+        );
+    }
+
+    #[test]
+    fn out_of_stock_cancels_at_once_with_inventorys_reason() {
+        let reason = "insufficient stock: LAMP: 5 requested, 1 available".to_string();
+        let (saga, transitions) = run(&[Event::StockRejected {
+            reason: reason.clone(),
+        }]);
+        assert_eq!(saga.state, State::Compensated);
+        assert_eq!(
+            decisions(&transitions),
+            vec![Decision::Cancel {
+                code: CancellationCode::OutOfStock,
+                reason
+            }]
+        );
+        assert!(commands(&transitions).is_empty());
+    }
+
+    #[test]
+    fn a_declined_payment_releases_the_stock() {
+        let (saga, transitions) = run(&[
+            Event::StockReserved,
+            Event::PaymentDeclined {
+                reason: "over limit".into(),
+            },
+        ]);
+        assert_eq!(
+            saga.state,
+            State::Compensating {
+                stock_released: false,
+                payment_voided: true
+            }
+        );
+        assert!(commands(&transitions).contains(&Command::ReleaseStock));
+        let (saga, _) = run(&[
+            Event::StockReserved,
+            Event::PaymentDeclined {
+                reason: "over limit".into(),
+            },
+            Event::StockReleased,
+        ]);
+        assert_eq!(saga.state, State::Compensated);
+    }
+
+    #[test]
+    fn a_silent_participant_is_retried_then_compensated() {
+        let (saga, transitions) = run(&[Event::DeadlinePassed, Event::DeadlinePassed]);
+        assert_eq!(saga.state, State::AwaitingStock);
+        assert_eq!(saga.attempts, 3);
+        assert_eq!(commands(&transitions), vec![Command::ReserveStock; 2]);
+
+        let (saga, transitions) = run(&vec![Event::DeadlinePassed; 3]);
+        assert!(matches!(saga.state, State::Compensating { .. }));
+        assert_eq!(commands(&transitions).last(), Some(&Command::ReleaseStock));
+        assert!(matches!(
+            decisions(&transitions).as_slice(),
+            [Decision::Cancel {
+                code: CancellationCode::InventoryTimeout,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_payment_timeout_voids_before_releasing() {
+        let mut events = vec![Event::StockReserved];
+        events.extend(vec![Event::DeadlinePassed; 3]);
+        let (_, transitions) = run(&events);
+        let sent = commands(&transitions);
+        assert_eq!(
+            &sent[sent.len() - 2..],
+            &[Command::VoidPayment, Command::ReleaseStock]
+        );
+    }
+
+    #[test]
+    fn a_late_authorization_after_cancellation_changes_nothing() {
+        let mut events = vec![Event::StockReserved];
+        events.extend(vec![Event::DeadlinePassed; 3]);
+        events.push(Event::PaymentAuthorized);
+        let (_, transitions) = run(&events);
+        assert_eq!(decisions(&transitions).len(), 1);
+        assert!(!commands(&transitions).contains(&Command::CapturePayment));
+    }
+
+    fn any_event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            Just(Event::StockReserved),
+            Just(Event::StockRejected {
+                reason: "no stock".into()
+            }),
+            Just(Event::StockReleased),
+            Just(Event::StockCommitted),
+            Just(Event::PaymentAuthorized),
+            Just(Event::PaymentDeclined {
+                reason: "declined".into()
+            }),
+            Just(Event::PaymentVoided),
+            Just(Event::PaymentCaptured),
+            Just(Event::DeadlinePassed),
+        ]
+    }
+
+    /// The answer a well-behaved participant eventually gives to each command.
+    fn answer(command: Command) -> Event {
+        match command {
+            Command::ReserveStock => Event::StockReserved,
+            Command::ReleaseStock => Event::StockReleased,
+            Command::CommitStock => Event::StockCommitted,
+            Command::AuthorizePayment => Event::PaymentAuthorized,
+            Command::VoidPayment => Event::PaymentVoided,
+            Command::CapturePayment => Event::PaymentCaptured,
+        }
+    }
+
+    proptest! {
+        /// Whatever arrives in whatever order (duplicates, late answers, timeouts), the
+        /// order is decided at most once, and money and stock only move the way that
+        /// decision allows.
+        #[test]
+        fn decisions_are_final_and_effects_follow_them(events in prop::collection::vec(any_event(), 0..40)) {
+            let (mut saga, _) = Saga::start();
+            let mut decision: Option<Decision> = None;
+            let (mut reserved, mut authorized) = (false, false);
+            for event in &events {
+                let Some(t) = saga.on(event, MAX) else { continue };
+                reserved |= *event == Event::StockReserved;
+                authorized |= *event == Event::PaymentAuthorized;
+                if let Some(d) = &t.decision {
+                    prop_assert!(decision.is_none(), "decided twice: {:?} then {:?}", decision, d);
+                    decision = Some(d.clone());
+                }
+                match &t.decision {
+                    Some(Decision::Confirm) => prop_assert!(reserved && authorized),
+                    Some(Decision::Cancel { code, .. }) => {
+                        // Whatever a participant may hold is given back, and nothing else.
+                        let may_hold_stock = reserved || *code == CancellationCode::InventoryTimeout;
+                        let may_hold_funds = *code == CancellationCode::PaymentTimeout;
+                        prop_assert_eq!(t.commands.contains(&Command::ReleaseStock), may_hold_stock);
+                        prop_assert_eq!(t.commands.contains(&Command::VoidPayment), may_hold_funds);
+                    }
+                    None => {}
+                }
+                for command in &t.commands {
+                    match command {
+                        Command::CommitStock | Command::CapturePayment =>
+                            prop_assert_eq!(&decision, &Some(Decision::Confirm)),
+                        Command::ReleaseStock | Command::VoidPayment =>
+                            prop_assert!(matches!(decision, Some(Decision::Cancel { .. })), "compensation without a cancellation"),
+                        Command::ReserveStock | Command::AuthorizePayment =>
+                            prop_assert!(decision.is_none()),
+                    }
+                }
+                saga = t.saga;
+            }
+            if saga.state.is_terminal() {
+                for event in &events {
+                    prop_assert!(saga.on(event, MAX).is_none());
+                }
+            }
+        }
+
+        /// From wherever random events leave it, a saga whose participants answer every
+        /// outstanding command (with deadlines passing meanwhile) always finishes.
+        #[test]
+        fn every_saga_terminates_once_participants_answer(events in prop::collection::vec(any_event(), 0..40)) {
+            let (mut saga, _) = run(&events);
+            for _ in 0..(2 * MAX + 10) {
+                if saga.state.is_terminal() { break; }
+                let t = saga.on(&Event::DeadlinePassed, MAX).expect("a live saga always reacts to its deadline");
+                saga = t.saga;
+                for command in t.commands {
+                    if let Some(next) = saga.on(&answer(command), MAX) {
+                        saga = next.saga;
+                    }
+                }
+            }
+            prop_assert!(saga.state.is_terminal(), "stuck in {:?}", saga.state);
+        }
+    }
+}

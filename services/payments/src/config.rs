@@ -1,0 +1,70 @@
+//! Payments' configuration. The `Default` impl below is the one place its defaults live;
+//! every field can be overridden by `PAYMENTS_<FIELD>` (nested with `__`) or by a TOML file
+//! named in `PAYMENTS_CONFIG_FILE`.
+
+use std::net::SocketAddr;
+
+use faultline_platform::config::{
+    self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings,
+};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix.
+pub const PREFIX: &str = "PAYMENTS";
+
+/// Everything the payments service reads at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address. Default `127.0.0.1:50052`.
+    pub grpc_listen: SocketAddr,
+    /// Probe server. Default `127.0.0.1:9182`.
+    pub admin: AdminSettings,
+    /// Default: database `payments` on the local Postgres.
+    pub database: DatabaseSettings,
+    /// Default: broker on `127.0.0.1:9092`, no topic prefix, 3 partitions.
+    pub kafka: KafkaSettings,
+    /// The simulated payment provider.
+    pub provider: ProviderSettings,
+}
+
+/// How the simulated payment provider decides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Authorizations above this many minor units are declined (the card's limit).
+    /// Default 50 000 (500.00 in a two-decimal currency).
+    pub decline_above_minor: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            admin: AdminSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9182)),
+            },
+            database: DatabaseSettings::local("payments"),
+            kafka: KafkaSettings::default(),
+            provider: ProviderSettings {
+                decline_above_minor: 50_000,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the configuration.
+    pub fn load() -> Result<Self, ConfigError> {
+        let config: Self = config::load(PREFIX)?;
+        config.database.validate(PREFIX)?;
+        config.kafka.validate(PREFIX)?;
+        if config.provider.decline_above_minor < 0 {
+            return Err(ConfigError::invalid(
+                format!("{PREFIX}_PROVIDER__DECLINE_ABOVE_MINOR"),
+                "must not be negative",
+            ));
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,96 @@
+//! Payments: authorizes, captures and voids payments.
+//!
+//! - gRPC `Authorize` ([`grpc`]) and Kafka commands `AuthorizePayment`, `VoidPayment`,
+//!   `CapturePayment` ([`commands`]) share the rules in [`payments`].
+//! - [`provider`] is the adapter to the payment service provider; today a simulated one that
+//!   declines amounts above a configured limit.
+//!
+//! [`run`] starts everything and returns after a graceful shutdown.
+
+pub mod commands;
+mod config;
+pub mod grpc;
+pub mod payments;
+pub mod provider;
+
+pub use config::{Config, PREFIX, ProviderSettings};
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use faultline_platform::db;
+use faultline_platform::health::{self, Health};
+use faultline_platform::messaging::{Messaging, Wiring};
+use faultline_proto::contract::topics;
+use faultline_proto::payments::v1::payments_service_server::PaymentsServiceServer;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::commands::CommandHandler;
+use crate::grpc::PaymentsGrpc;
+use crate::provider::SimulatedProvider;
+
+/// The service's own migrations, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Runs the payments service until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let health = Health::new();
+    let admin = tokio::spawn(health::serve(
+        config.admin.listen,
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let pool = db::open(&config.database, &MIGRATOR)
+        .await
+        .context("preparing the payments database")?;
+    let check_pool = pool.clone();
+    health.add_check("database", move || {
+        let pool = check_pool.clone();
+        async move { db::ping(&pool).await.map_err(|e| e.to_string()) }
+    });
+
+    let provider = Arc::new(SimulatedProvider::new(config.provider.decline_above_minor));
+    let wiring = Wiring {
+        service: "payments",
+        consumes: vec![topics::PAYMENTS_COMMANDS],
+        produces: vec![topics::PAYMENTS_EVENTS],
+    };
+    let handler = CommandHandler {
+        events_topic: config.kafka.topic(topics::PAYMENTS_EVENTS),
+        provider: provider.clone(),
+    };
+    let messaging = Messaging::start(&pool, &config.kafka, wiring, handler, &shutdown)
+        .await
+        .context("starting Kafka messaging")?;
+
+    let incoming = TcpIncoming::bind(config.grpc_listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<PaymentsServiceServer<PaymentsGrpc<SimulatedProvider>>>()
+        .await;
+    let grpc = Server::builder()
+        .add_service(health_service)
+        .add_service(PaymentsServiceServer::new(PaymentsGrpc::new(
+            pool.clone(),
+            provider,
+        )))
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+
+    health.mark_started();
+    tracing::info!(listen = %config.grpc_listen, "payments is serving gRPC");
+    let served = grpc.await;
+
+    health.mark_draining();
+    messaging.join().await;
+    pool.close().await;
+    if let Ok(Err(error)) = admin.await {
+        tracing::warn!(%error, "admin server failed");
+    }
+    served.context("gRPC server failed")?;
+    tracing::info!("payments stopped");
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! The payment rules: authorize once per idempotency key and order, capture into a balanced
+//! ledger, void what will never be captured.
+//!
+//! gRPC `Authorize` and the Kafka `AuthorizePayment` command both end in [`authorize`], and
+//! every function runs inside the caller's transaction.
+
+use faultline_proto::contract::validate_currency;
+use sqlx::{FromRow, PgConnection};
+use uuid::Uuid;
+
+use crate::provider::{PaymentProvider, ProviderDecision, ProviderError, ProviderRequest};
+
+/// Longest idempotency key accepted.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// A request to hold funds for an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizeRequest {
+    /// Caller-chosen key; the same key always gets the same answer.
+    pub idempotency_key: String,
+    /// The order being paid.
+    pub order_id: Uuid,
+    /// Who pays.
+    pub customer_id: String,
+    /// Minor units, positive.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+impl AuthorizeRequest {
+    /// Checks every field; the error names the field and the rule.
+    pub fn validate(&self) -> Result<(), String> {
+        let key = &self.idempotency_key;
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(format!(
+                "idempotency_key must be 1 to {MAX_KEY_LEN} characters"
+            ));
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("idempotency_key may only contain visible ASCII characters".into());
+        }
+        if self.customer_id.trim().is_empty() {
+            return Err("customer_id must not be empty".into());
+        }
+        if self.amount_minor <= 0 {
+            return Err("amount must be positive".into());
+        }
+        validate_currency(&self.currency)
+    }
+}
+
+/// The answer to an authorization, the same every time it is asked with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    /// Funds are held.
+    Authorized {
+        /// The payment.
+        payment_id: Uuid,
+    },
+    /// The provider refused.
+    Declined {
+        /// The payment (kept, so the answer can be replayed).
+        payment_id: Uuid,
+        /// The provider's reason.
+        reason: String,
+    },
+}
+
+/// A captured payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// The payment.
+    pub payment_id: Uuid,
+    /// Amount moved, minor units.
+    pub amount_minor: i64,
+    /// Its currency.
+    pub currency: String,
+}
+
+/// Why a payment operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    /// The key was already used for a different request.
+    #[error("idempotency key {0:?} was already used with different parameters")]
+    KeyReused(String),
+    /// The order already has a payment under another key.
+    #[error("order {0} already has a payment")]
+    OrderAlreadyPaid(Uuid),
+    /// Only an authorized payment can be captured.
+    #[error("payment of order {order_id} cannot be captured: it is {status}")]
+    NotCapturable {
+        /// The order.
+        order_id: Uuid,
+        /// Its payment's status.
+        status: String,
+    },
+    /// Captured money is refunded, not voided.
+    #[error("payment of order {0} is captured and cannot be voided")]
+    AlreadyCaptured(Uuid),
+    /// The provider could not be reached.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Debug, FromRow)]
+struct Payment {
+    id: Uuid,
+    order_id: Uuid,
+    customer_id: String,
+    amount_minor: i64,
+    currency: String,
+    status: String,
+    decline_reason: Option<String>,
+}
+
+impl Payment {
+    /// The stored answer for a repeated request, if it is the same request.
+    fn replay(self, request: &AuthorizeRequest) -> Result<Authorization, PaymentError> {
+        let same = self.order_id == request.order_id
+            && self.customer_id == request.customer_id
+            && self.amount_minor == request.amount_minor
+            && self.currency == request.currency;
+        if !same {
+            return Err(PaymentError::KeyReused(request.idempotency_key.clone()));
+        }
+        Ok(match self.decline_reason {
+            Some(reason) if self.status == "declined" => Authorization::Declined {
+                payment_id: self.id,
+                reason,
+            },
+            _ => Authorization::Authorized {
+                payment_id: self.id,
+            },
+        })
+    }
+}
+
+async fn by_key(conn: &mut PgConnection, key: &str) -> Result<Option<Payment>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
+         FROM payments WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(conn)
+    .await
+}
+
+async fn by_order_for_update(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<Payment>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
+         FROM payments WHERE order_id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Authorizes `request` (already validated) through `provider`, at most once per key and
+/// per order.
+pub async fn authorize<P: PaymentProvider>(
+    conn: &mut PgConnection,
+    provider: &P,
+    request: &AuthorizeRequest,
+) -> Result<Authorization, PaymentError> {
+    if let Some(existing) = by_key(conn, &request.idempotency_key).await? {
+        return existing.replay(request);
+    }
+
+    let decision = provider
+        .authorize(ProviderRequest {
+            idempotency_key: &request.idempotency_key,
+            amount_minor: request.amount_minor,
+            currency: &request.currency,
+        })
+        .await?;
+    let payment_id = Uuid::now_v7();
+    let (status, reason, reference) = match &decision {
+        ProviderDecision::Approved { reference } => ("authorized", None, Some(reference.as_str())),
+        ProviderDecision::Declined { reason } => ("declined", Some(reason.as_str()), None),
+    };
+    // A concurrent request with the same key or order may have inserted meanwhile; the
+    // conflict waits for it to commit, and the re-read below returns its answer.
+    let inserted = sqlx::query(
+        "INSERT INTO payments (id, order_id, idempotency_key, customer_id, amount_minor,
+                               currency, status, decline_reason, provider_reference)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(payment_id)
+    .bind(request.order_id)
+    .bind(&request.idempotency_key)
+    .bind(&request.customer_id)
+    .bind(request.amount_minor)
+    .bind(&request.currency)
+    .bind(status)
+    .bind(reason)
+    .bind(reference)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return match by_key(conn, &request.idempotency_key).await? {
+            Some(existing) => existing.replay(request),
+            None => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
+        };
+    }
+
+    Ok(match decision {
+        ProviderDecision::Approved { .. } => Authorization::Authorized { payment_id },
+        ProviderDecision::Declined { reason } => Authorization::Declined { payment_id, reason },
+    })
+}
+
+/// Captures the order's authorized payment and books it in the ledger. Idempotent.
+pub async fn capture(conn: &mut PgConnection, order_id: Uuid) -> Result<Capture, PaymentError> {
+    let Some(payment) = by_order_for_update(conn, order_id).await? else {
+        return Err(PaymentError::NotCapturable {
+            order_id,
+            status: "missing".into(),
+        });
+    };
+    let capture = Capture {
+        payment_id: payment.id,
+        amount_minor: payment.amount_minor,
+        currency: payment.currency.clone(),
+    };
+    match payment.status.as_str() {
+        "captured" => Ok(capture),
+        "authorized" => {
+            sqlx::query("UPDATE payments SET status = 'captured', updated_at = now() WHERE id = $1")
+                .bind(payment.id)
+                .execute(&mut *conn)
+                .await?;
+            // The customer owes the amount; the merchant's revenue grows by it.
+            let customer_account = format!("customer:{}", payment.customer_id);
+            sqlx::query(
+                "INSERT INTO ledger_entries (payment_id, account, amount_minor, currency)
+                 VALUES ($1, $2, $3, $5), ($1, $4, -$3, $5)",
+            )
+            .bind(payment.id)
+            .bind(customer_account)
+            .bind(payment.amount_minor)
+            .bind("merchant:revenue")
+            .bind(&payment.currency)
+            .execute(&mut *conn)
+            .await?;
+            Ok(capture)
+        }
+        other => Err(PaymentError::NotCapturable {
+            order_id,
+            status: other.to_owned(),
+        }),
+    }
+}
+
+/// Releases the order's authorization. Idempotent; voiding an order without an authorized
+/// payment (never authorized, declined, already voided) changes nothing.
+pub async fn void(conn: &mut PgConnection, order_id: Uuid) -> Result<(), PaymentError> {
+    match by_order_for_update(conn, order_id).await? {
+        Some(payment) if payment.status == "authorized" => {
+            sqlx::query("UPDATE payments SET status = 'voided', updated_at = now() WHERE id = $1")
+                .bind(payment.id)
+                .execute(conn)
+                .await?;
+            Ok(())
+        }
+        Some(payment) if payment.status == "captured" => Err(PaymentError::AlreadyCaptured(order_id)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> AuthorizeRequest {
+        AuthorizeRequest {
+            idempotency_key: "order-1:authorize".into(),
+            order_id: Uuid::nil(),
+            customer_id: "c-1".into(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+        }
+    }
+
+    #[test]
+    fn validation_names_each_broken_rule() {
+        assert_eq!(request().validate(), Ok(()));
+        let cases = [
+            (AuthorizeRequest { idempotency_key: String::new(), ..request() }, "idempotency_key"),
+            (AuthorizeRequest { idempotency_key: "a b".into(), ..request() }, "visible ASCII"),
+            (AuthorizeRequest { idempotency_key: "k".repeat(MAX_KEY_LEN + 1), ..request() }, "idempotency_key"),
+            (AuthorizeRequest { customer_id: " ".into(), ..request() }, "customer_id"),
+            (AuthorizeRequest { amount_minor: 0, ..request() }, "positive"),
+            (AuthorizeRequest { currency: "eur".into(), ..request() }, "currency"),
+        ];
+        for (case, expected) in cases {
+            let error = case.validate().unwrap_err();
+            assert!(error.contains(expected), "{error} should mention {expected}");
+        }
+    }
+
+    #[test]
+    fn a_replay_with_other_parameters_is_key_reuse() {
+        let stored = Payment {
+            id: Uuid::nil(),
+            order_id: Uuid::nil(),
+            customer_id: "c-1".into(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+            status: "authorized".into(),
+            decline_reason: None,
+        };
+        let different = AuthorizeRequest {
+            amount_minor: 999,
+            ..request()
+        };
+        assert!(matches!(
+            stored.replay(&different),
+            Err(PaymentError::KeyReused(_))
+        ));
+    }
+}
