@@ -1,1 +1,14 @@
-//! End-to-end test harness (see the tests in `tests/`).
+//! The end-to-end harness: starts Faultline's three service binaries as real processes on
+//! free ports, each with a fresh database and its own topic prefix on the shared broker, and
+//! talks to them the way a client would (HTTP to checkout, gRPC to inventory).
+//!
+//! The binaries are not built here: `make test` builds them first (`cargo build --bins`),
+//! and the harness finds them next to the test executable or in `FAULTLINE_BIN_DIR`.
+//!
+//! [`Client`] is also what the demo (`src/bin/demo.rs`) uses against a running system.
+
+mod client;
+mod system;
+
+pub use client::{Answer, Client, ProductSpec};
+pub use system::{Options, Service, Signal, System};

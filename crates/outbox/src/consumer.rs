@@ -241,6 +241,8 @@ pub async fn run<H: Handler>(
     };
     loop {
         let message = tokio::select! {
+            // Shutdown wins over a ready record, so none is started after it was asked for.
+            biased;
             _ = shutdown.cancelled() => break,
             received = consumer.recv() => received,
         };

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Brings up (or tears down) what Faultline needs on loopback: Postgres on 5432, Redis on 6379
+# and a Kafka-protocol broker (tansu) on 9092.
+#
+#   scripts/deps.sh up      reuse whatever already listens; install and start the rest
+#   scripts/deps.sh down    stop only what `up` started
+#   scripts/deps.sh status  say what listens and who started it
+#
+# Idempotent: running `up` twice starts nothing twice. Everything this script starts keeps its
+# logs, pid files and data under $FAULTLINE_STATE (default: .state/ in the repository, which
+# git ignores). Postgres and Redis come from Debian packages and are started without systemd.
+# tansu is built from crates.io at a pinned version into $FAULTLINE_TOOLS (default
+# ~/.cache/faultline), outside the clone, so a fresh clone reuses an earlier build.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STATE=${FAULTLINE_STATE:-$ROOT/.state}
+TOOLS=${FAULTLINE_TOOLS:-$HOME/.cache/faultline}
+LOGS=$STATE/logs
+
+PG_PORT=5432
+REDIS_PORT=6379
+KAFKA_PORT=9092
+
+# The broker: tansu, pinned. Its sqlite engine is used because the memory engine of 0.6.0
+# returns nothing for a fetch that starts inside a multi-record batch (docs/adr/0002).
+TANSU_VERSION=0.6.0
+TANSU_FEATURES=libsql,dynostore
+TANSU_ROOT=$TOOLS/tansu-$TANSU_VERSION-${TANSU_FEATURES//,/-}
+TANSU=$TANSU_ROOT/bin/tansu
+TANSU_STORAGE=${FAULTLINE_TANSU_STORAGE:-sqlite://tansu.db}
+
+say() { printf '[deps] %s\n' "$*"; }
+die() { printf '[deps] error: %s\n' "$*" >&2; exit 1; }
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() {
+  local port=$1 what=$2 tries=${3:-100}
+  for _ in $(seq "$tries"); do
+    listening "$port" && return 0
+    sleep 0.2
+  done
+  die "$what did not start listening on 127.0.0.1:$port (see $LOGS)"
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root to run: $*"
+  fi
+}
+
+apt_install() {
+  say "installing Debian packages: $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+postgres_up() {
+  if listening $PG_PORT; then
+    say "postgres: reusing the server on 127.0.0.1:$PG_PORT"
+  else
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    [ -n "$version" ] || die "postgres is installed but has no cluster under /etc/postgresql"
+    local hba=/etc/postgresql/$version/main/pg_hba.conf
+    # A development database on loopback: trust local TCP connections, as the services'
+    # default URLs (postgres://postgres@127.0.0.1) expect. Production uses secrets.
+    if ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+      as_root sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+    fi
+    say "postgres: starting cluster $version/main"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    touch "$STATE/started-postgres"
+    wait_for_port $PG_PORT postgres
+  fi
+  if command -v psql >/dev/null &&
+     ! psql "postgres://postgres@127.0.0.1:$PG_PORT/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
+    die "postgres on 127.0.0.1:$PG_PORT refuses user 'postgres' without a password; allow it in pg_hba.conf or point the services' *_DATABASE__URL at another server"
+  fi
+}
+
+redis_up() {
+  if listening $REDIS_PORT; then
+    say "redis: reusing the server on 127.0.0.1:$REDIS_PORT"
+    return
+  fi
+  command -v redis-server >/dev/null || apt_install redis-server
+  say "redis: starting"
+  redis-server --daemonize yes --bind 127.0.0.1 --port $REDIS_PORT --save "" --appendonly no \
+    --dir "$STATE" --pidfile "$STATE/redis.pid" --logfile "$LOGS/redis.log"
+  wait_for_port $REDIS_PORT redis
+}
+
+tansu_install() {
+  [ -x "$TANSU" ] && return
+  command -v cargo >/dev/null || die "cargo is needed to build the broker (tansu $TANSU_VERSION)"
+  command -v cc >/dev/null || apt_install build-essential
+  say "tansu: building $TANSU_VERSION with features $TANSU_FEATURES (takes ~10 minutes on 2 cores, once)"
+  cargo install "tansu@$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
+    --root "$TANSU_ROOT" --quiet
+}
+
+tansu_up() {
+  if listening $KAFKA_PORT; then
+    say "kafka: reusing the broker on 127.0.0.1:$KAFKA_PORT"
+    return
+  fi
+  tansu_install
+  mkdir -p "$STATE/tansu"
+  say "kafka: starting tansu $TANSU_VERSION ($TANSU_STORAGE)"
+  # tansu reads OTEL_EXPORTER_OTLP_ENDPOINT too; the broker's own traces are not wanted here.
+  (
+    cd "$STATE/tansu" || exit 1
+    exec env -u OTEL_EXPORTER_OTLP_ENDPOINT nohup "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "$TANSU_STORAGE" \
+      >>"$LOGS/tansu.log" 2>&1
+  ) &
+  echo $! >"$STATE/tansu.pid"
+  wait_for_port $KAFKA_PORT tansu
+}
+
+stop_pidfile() {
+  local name=$1 file=$STATE/$1.pid
+  [ -f "$file" ] || return 0
+  local pid
+  pid=$(cat "$file")
+  if kill -0 "$pid" 2>/dev/null; then
+    say "$name: stopping (pid $pid)"
+    kill "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+  fi
+  rm -f "$file"
+}
+
+down() {
+  stop_pidfile tansu
+  stop_pidfile redis
+  if [ -f "$STATE/started-postgres" ]; then
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    say "postgres: stopping cluster $version/main"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main stop || true
+    rm -f "$STATE/started-postgres"
+  fi
+}
+
+status() {
+  for entry in "postgres:$PG_PORT" "redis:$REDIS_PORT" "kafka:$KAFKA_PORT"; do
+    local name=${entry%%:*} port=${entry##*:} owner="not started by Faultline"
+    case $name in
+      postgres) [ -f "$STATE/started-postgres" ] && owner="started by Faultline" ;;
+      redis) [ -f "$STATE/redis.pid" ] && owner="started by Faultline" ;;
+      kafka) [ -f "$STATE/tansu.pid" ] && owner="started by Faultline" ;;
+    esac
+    if listening "$port"; then say "$name: listening on $port ($owner)"; else say "$name: down"; fi
+  done
+}
+
+mkdir -p "$STATE" "$LOGS"
+case ${1:-up} in
+  up) postgres_up; redis_up; tansu_up ;;
+  down) down ;;
+  status) status ;;
+  *) die "usage: $0 up|down|status" ;;
+esac

@@ -1,0 +1,200 @@
+//! A client for a running Faultline: the public HTTP API and inventory's operator gRPC.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use faultline_proto::common::v1::Money;
+use faultline_proto::inventory::v1 as pb;
+use faultline_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A product to load into the catalog.
+#[derive(Debug, Clone)]
+pub struct ProductSpec {
+    /// Its SKU.
+    pub sku: &'static str,
+    /// Its name.
+    pub name: &'static str,
+    /// Unit price in euro cents.
+    pub price_cents: i64,
+    /// Units to add.
+    pub stock: i64,
+}
+
+/// An HTTP answer: status, content type and the JSON body (or `Null`).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Status code.
+    pub status: StatusCode,
+    /// `Content-Type` header.
+    pub content_type: String,
+    /// `Location` header, if any.
+    pub location: Option<String>,
+    /// Parsed body.
+    pub body: Value,
+}
+
+/// Talks to checkout over HTTP and to inventory over gRPC.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    checkout_url: String,
+    inventory_url: String,
+}
+
+impl Client {
+    /// A client for checkout at `checkout_url` and inventory at `inventory_url`.
+    pub fn new(checkout_url: impl Into<String>, inventory_url: impl Into<String>) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            checkout_url: checkout_url.into(),
+            inventory_url: inventory_url.into(),
+        }
+    }
+
+    /// Base URL of checkout's API.
+    pub fn checkout_url(&self) -> &str {
+        &self.checkout_url
+    }
+
+    async fn inventory(&self) -> anyhow::Result<InventoryServiceClient<tonic::transport::Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(self.inventory_url.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to inventory at {}", self.inventory_url))?;
+        Ok(InventoryServiceClient::new(channel))
+    }
+
+    /// Creates or updates products and adds their stock.
+    pub async fn load_catalog(&self, products: &[ProductSpec]) -> anyhow::Result<Vec<pb::Product>> {
+        let request = pb::UpsertProductsRequest {
+            products: products
+                .iter()
+                .map(|p| pb::ProductUpsert {
+                    sku: p.sku.into(),
+                    name: p.name.into(),
+                    unit_price: Some(Money {
+                        amount_minor: p.price_cents,
+                        currency: "EUR".into(),
+                    }),
+                    add_stock: p.stock,
+                })
+                .collect(),
+        };
+        Ok(self
+            .inventory()
+            .await?
+            .upsert_products(request)
+            .await?
+            .into_inner()
+            .products)
+    }
+
+    /// The catalog entries for `skus`.
+    pub async fn products(&self, skus: &[&str]) -> anyhow::Result<Vec<pb::Product>> {
+        let request = pb::GetProductsRequest {
+            skus: skus.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        Ok(self
+            .inventory()
+            .await?
+            .get_products(request)
+            .await?
+            .into_inner()
+            .products)
+    }
+
+    /// Sends `body` to `POST /v1/orders` as it is, with `content_type` if given.
+    pub async fn post_order_raw(
+        &self,
+        body: impl Into<reqwest::Body>,
+        content_type: Option<&str>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/orders", self.checkout_url))
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        answer(request.send().await?).await
+    }
+
+    /// `GET` of `path` on checkout.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Answer> {
+        answer(
+            self.http
+                .get(format!("{}{path}", self.checkout_url))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Places an order and returns its id; fails unless checkout answers 202.
+    pub async fn place_order(&self, customer: &str, items: &[(&str, i64)]) -> anyhow::Result<Uuid> {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(sku, quantity)| json!({ "sku": sku, "quantity": quantity }))
+            .collect();
+        let body = json!({ "customer_id": customer, "items": items }).to_string();
+        let answer = self.post_order_raw(body, Some("application/json")).await?;
+        if answer.status != StatusCode::ACCEPTED {
+            bail!("order refused with {}: {}", answer.status, answer.body);
+        }
+        let id = answer.body["order_id"]
+            .as_str()
+            .context("202 without order_id")?;
+        Ok(Uuid::parse_str(id)?)
+    }
+
+    /// The order as `GET /v1/orders/{id}` shows it.
+    pub async fn order(&self, id: Uuid) -> anyhow::Result<Value> {
+        let answer = self.get(&format!("/v1/orders/{id}")).await?;
+        if answer.status != StatusCode::OK {
+            bail!("GET order {id} answered {}: {}", answer.status, answer.body);
+        }
+        Ok(answer.body)
+    }
+
+    /// Polls the order until it is CONFIRMED or CANCELLED, for at most `timeout`.
+    pub async fn wait_for_outcome(&self, id: Uuid, timeout: Duration) -> anyhow::Result<Value> {
+        let started = Instant::now();
+        loop {
+            let order = self.order(id).await?;
+            if order["status"] != "PENDING" {
+                return Ok(order);
+            }
+            if started.elapsed() > timeout {
+                bail!("order {id} still PENDING after {timeout:?}: {order}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn answer(response: reqwest::Response) -> anyhow::Result<Answer> {
+    let status = response.status();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header("content-type").unwrap_or_default();
+    let location = header("location");
+    let bytes = response.bytes().await?;
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Answer {
+        status,
+        content_type,
+        location,
+        body,
+    })
+}
