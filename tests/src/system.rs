@@ -104,7 +104,10 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -158,7 +161,10 @@ impl System {
                     format!("{postgres_url}/{}_{run_id}", service.name()),
                 ),
                 (format!("{prefix}_KAFKA__BROKERS"), brokers.clone()),
-                (format!("{prefix}_KAFKA__TOPIC_PREFIX"), topic_prefix.clone()),
+                (
+                    format!("{prefix}_KAFKA__TOPIC_PREFIX"),
+                    topic_prefix.clone(),
+                ),
             ];
             match service {
                 Service::Checkout => {
@@ -278,7 +284,10 @@ impl System {
 
     /// Stops `service` with `signal` and waits for the process to exit.
     pub async fn stop(&mut self, service: Service, signal: Signal) -> anyhow::Result<()> {
-        let process = self.processes.get_mut(&service).context("unknown service")?;
+        let process = self
+            .processes
+            .get_mut(&service)
+            .context("unknown service")?;
         let Some(mut child) = process.child.take() else {
             return Ok(());
         };
@@ -316,12 +325,7 @@ impl System {
 
     /// A pool on `service`'s database, for checking invariants from outside.
     pub async fn database(&self, service: Service) -> anyhow::Result<PgPool> {
-        let url = format!(
-            "{}/{}_{}",
-            self.postgres_url,
-            service.name(),
-            self.run_id
-        );
+        let url = format!("{}/{}_{}", self.postgres_url, service.name(), self.run_id);
         Ok(PgPool::connect(&url).await?)
     }
 
@@ -380,10 +384,16 @@ impl System {
             );
             ensure!(*reserved == 0, "{sku}: {reserved} units still reserved");
             if let Some(expected) = loaded.get(sku) {
-                ensure!(total == expected, "{sku}: loaded {total}, the test loaded {expected}");
+                ensure!(
+                    total == expected,
+                    "{sku}: loaded {total}, the test loaded {expected}"
+                );
             }
             let bought = sold_by_orders.get(sku).copied().unwrap_or(0);
-            ensure!(*sold == bought, "{sku}: sold {sold}, confirmed orders bought {bought}");
+            ensure!(
+                *sold == bought,
+                "{sku}: sold {sold}, confirmed orders bought {bought}"
+            );
         }
 
         // Every capture belongs to a confirmed order, for its total; every confirmed order
@@ -396,11 +406,10 @@ impl System {
         .into_iter()
         .map(|(id, total)| (id.to_string(), total))
         .collect();
-        let captured: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-            "SELECT order_id, amount_minor FROM payments WHERE status = 'captured'",
-        )
-        .fetch_all(&payments)
-        .await?;
+        let captured: Vec<(uuid::Uuid, i64)> =
+            sqlx::query_as("SELECT order_id, amount_minor FROM payments WHERE status = 'captured'")
+                .fetch_all(&payments)
+                .await?;
         for (order_id, amount) in &captured {
             let total = confirmed.get(&order_id.to_string());
             ensure!(
@@ -427,7 +436,10 @@ impl System {
         )
         .fetch_one(&payments)
         .await?;
-        ensure!(unbalanced == 0, "{unbalanced} payments with an unbalanced ledger");
+        ensure!(
+            unbalanced == 0,
+            "{unbalanced} payments with an unbalanced ledger"
+        );
         let captured_total: i64 = captured.iter().map(|(_, amount)| amount).sum();
         let debits: Option<i64> = sqlx::query_scalar(
             "SELECT sum(amount_minor)::bigint FROM ledger_entries WHERE amount_minor > 0",

@@ -21,8 +21,17 @@ const CATALOG: [ProductSpec; 1] = [ProductSpec {
 
 fn assert_problem(answer: &Answer, status: StatusCode, problem: &str) {
     assert_eq!(answer.status, status, "{}", answer.body);
-    assert_eq!(answer.content_type, "application/problem+json", "{}", answer.body);
-    assert_eq!(answer.body["type"], format!("/problems/{problem}"), "{}", answer.body);
+    assert_eq!(
+        answer.content_type, "application/problem+json",
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        answer.body["type"],
+        format!("/problems/{problem}"),
+        "{}",
+        answer.body
+    );
     assert_eq!(answer.body["status"], status.as_u16(), "{}", answer.body);
     assert!(answer.body["title"].is_string(), "{}", answer.body);
     assert!(answer.body["detail"].is_string(), "{}", answer.body);
@@ -35,7 +44,9 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     client.load_catalog(&CATALOG).await?;
     let json_type = Some("application/json");
 
-    let answer = client.post_order_raw(r#"{"customer_id": "a", "items": ["#, json_type).await?;
+    let answer = client
+        .post_order_raw(r#"{"customer_id": "a", "items": ["#, json_type)
+        .await?;
     assert_problem(&answer, StatusCode::BAD_REQUEST, "malformed-json");
 
     let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": "two"}]});
@@ -43,7 +54,8 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(answer.body["detail"].as_str().unwrap().contains("quantity"));
 
-    let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": 1}], "coupon": "x"});
+    let body =
+        json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": 1}], "coupon": "x"});
     let answer = client.post_order_raw(body.to_string(), json_type).await?;
     assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(answer.body["detail"].as_str().unwrap().contains("coupon"));
@@ -62,7 +74,11 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
 
     let body = json!({"customer_id": "a", "items": [{"sku": "NOPE-99", "quantity": 1}]});
     let answer = client.post_order_raw(body.to_string(), json_type).await?;
-    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "unknown-products");
+    assert_problem(
+        &answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown-products",
+    );
     assert_eq!(answer.body["unknown_skus"], json!(["NOPE-99"]));
 
     let huge = format!(
@@ -74,23 +90,34 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
 
     let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": 1}]});
     let answer = client.post_order_raw(body.to_string(), None).await?;
-    assert_problem(&answer, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type");
+    assert_problem(
+        &answer,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+    );
 
-    let answer = client.get("/v1/orders/0193e0c4-0000-7000-8000-000000000000").await?;
+    let answer = client
+        .get("/v1/orders/0193e0c4-0000-7000-8000-000000000000")
+        .await?;
     assert_problem(&answer, StatusCode::NOT_FOUND, "order-not-found");
     let answer = client.get("/v1/orders/not-a-uuid").await?;
     assert_problem(&answer, StatusCode::NOT_FOUND, "order-not-found");
     let answer = client.get("/v2/everything").await?;
     assert_problem(&answer, StatusCode::NOT_FOUND, "not-found");
     let answer = client.get("/v1/orders").await?;
-    assert_problem(&answer, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
+    assert_problem(
+        &answer,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+    );
 
     // Not one of those requests left a trace.
     let checkout = system.database(Service::Checkout).await?;
     for table in ["orders", "order_items", "order_sagas", "outbox"] {
-        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-            .fetch_one(&checkout)
-            .await?;
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&checkout)
+                .await?;
         assert_eq!(rows, 0, "{table} has {rows} rows after only bad requests");
     }
     let inventory = system.database(Service::Inventory).await?;
@@ -128,10 +155,18 @@ async fn a_malformed_message_is_parked_and_its_partition_keeps_moving() -> anyho
     // Orders behind the garbage still go through, whichever partition they land on.
     let mut orders = Vec::new();
     for i in 0..6 {
-        orders.push(system.client.place_order(&format!("c-{i}"), &[("LAMP-01", 1)]).await?);
+        orders.push(
+            system
+                .client
+                .place_order(&format!("c-{i}"), &[("LAMP-01", 1)])
+                .await?,
+        );
     }
     for id in orders {
-        let order = system.client.wait_for_outcome(id, Duration::from_secs(60)).await?;
+        let order = system
+            .client
+            .wait_for_outcome(id, Duration::from_secs(60))
+            .await?;
         assert_eq!(order["status"], "CONFIRMED", "{order}");
     }
 
@@ -163,19 +198,43 @@ async fn a_malformed_message_is_parked_and_its_partition_keeps_moving() -> anyho
             .headers()
             .map(|h| {
                 h.iter()
-                    .filter_map(|h| Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?)))
+                    .filter_map(|h| {
+                        Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        assert_eq!(headers.get("dlq.original.topic"), Some(&commands), "{headers:?}");
-        assert_eq!(headers.get("dlq.original.offset").map(String::as_str), Some("0"));
-        assert!(headers.get("dlq.error").is_some_and(|e| e.contains("malformed")), "{headers:?}");
-        assert_eq!(message.payload(), Some(b"\xde\xad\xbe\xef not an envelope".as_slice()));
+        assert_eq!(
+            headers.get("dlq.original.topic"),
+            Some(&commands),
+            "{headers:?}"
+        );
+        assert_eq!(
+            headers.get("dlq.original.offset").map(String::as_str),
+            Some("0")
+        );
+        assert!(
+            headers
+                .get("dlq.error")
+                .is_some_and(|e| e.contains("malformed")),
+            "{headers:?}"
+        );
+        assert_eq!(
+            message.payload(),
+            Some(b"\xde\xad\xbe\xef not an envelope".as_slice())
+        );
         seen += 1;
     }
     drop(consumer);
 
     system.wait_until_settled(Duration::from_secs(60)).await?;
-    system.check_invariants(&CATALOG.iter().map(|p| (p.sku.to_owned(), p.stock)).collect()).await?;
+    system
+        .check_invariants(
+            &CATALOG
+                .iter()
+                .map(|p| (p.sku.to_owned(), p.stock))
+                .collect(),
+        )
+        .await?;
     system.teardown().await
 }

@@ -7,13 +7,31 @@ use std::time::Duration;
 use faultline_e2e::{Options, ProductSpec, System};
 
 const CATALOG: [ProductSpec; 3] = [
-    ProductSpec { sku: "LAMP-01", name: "Desk lamp", price_cents: 2_490, stock: 40 },
-    ProductSpec { sku: "DESK-03", name: "Standing desk", price_cents: 64_900, stock: 11 },
-    ProductSpec { sku: "MUG-04", name: "Coffee mug", price_cents: 850, stock: 3 },
+    ProductSpec {
+        sku: "LAMP-01",
+        name: "Desk lamp",
+        price_cents: 2_490,
+        stock: 40,
+    },
+    ProductSpec {
+        sku: "DESK-03",
+        name: "Standing desk",
+        price_cents: 64_900,
+        stock: 11,
+    },
+    ProductSpec {
+        sku: "MUG-04",
+        name: "Coffee mug",
+        price_cents: 850,
+        stock: 3,
+    },
 ];
 
 fn loaded() -> BTreeMap<String, i64> {
-    CATALOG.iter().map(|p| (p.sku.to_owned(), p.stock)).collect()
+    CATALOG
+        .iter()
+        .map(|p| (p.sku.to_owned(), p.stock))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -24,7 +42,9 @@ async fn an_order_confirms_is_declined_or_runs_out_of_stock() -> anyhow::Result<
 
     let confirmed = client.place_order("alice", &[("LAMP-01", 2)]).await?;
     let declined = client.place_order("bob", &[("DESK-03", 1)]).await?;
-    let out_of_stock = client.place_order("carol", &[("MUG-04", 4), ("LAMP-01", 1)]).await?;
+    let out_of_stock = client
+        .place_order("carol", &[("MUG-04", 4), ("LAMP-01", 1)])
+        .await?;
 
     let wait = Duration::from_secs(60);
     let order = client.wait_for_outcome(confirmed, wait).await?;
@@ -36,7 +56,10 @@ async fn an_order_confirms_is_declined_or_runs_out_of_stock() -> anyhow::Result<
     assert_eq!(order["status"], "CANCELLED", "{order}");
     assert_eq!(order["cancellation"]["code"], "payment_declined");
     assert!(
-        order["cancellation"]["reason"].as_str().unwrap().contains("limit"),
+        order["cancellation"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("limit"),
         "{order}"
     );
 
@@ -44,7 +67,10 @@ async fn an_order_confirms_is_declined_or_runs_out_of_stock() -> anyhow::Result<
     assert_eq!(order["status"], "CANCELLED", "{order}");
     assert_eq!(order["cancellation"]["code"], "out_of_stock");
     assert!(
-        order["cancellation"]["reason"].as_str().unwrap().contains("MUG-04"),
+        order["cancellation"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("MUG-04"),
         "{order}"
     );
 

@@ -230,7 +230,9 @@ pub async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).map_err(ConsumerError::Subscribe)?;
+    consumer
+        .subscribe(&topics)
+        .map_err(ConsumerError::Subscribe)?;
     tracing::info!(consumer = %settings.name, topics = ?settings.topics, "consumer started");
 
     let worker = Worker {

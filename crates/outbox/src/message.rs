@@ -60,8 +60,8 @@ impl OutboxMessage {
 /// Writes `message` to the outbox on `conn`, which should be the transaction that makes the
 /// change the message announces; nothing is sent until that transaction commits.
 pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
-    let headers = serde_json::to_value(&message.headers)
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let headers =
+        serde_json::to_value(&message.headers).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
         "INSERT INTO outbox (id, aggregatetype, aggregateid, type, topic, payload, headers)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

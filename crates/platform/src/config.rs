@@ -163,6 +163,8 @@ pub struct AdminSettings {
 }
 
 #[cfg(test)]
+// `figment::Jail` closures must return `figment::Error`, which is large; not our choice.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -198,7 +200,10 @@ mod tests {
     #[test]
     fn a_file_sits_between_defaults_and_environment() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("example.toml", "name = \"from-file\"\n[kafka]\npartitions = 5\n")?;
+            jail.create_file(
+                "example.toml",
+                "name = \"from-file\"\n[kafka]\npartitions = 5\n",
+            )?;
             jail.set_env("EXAMPLE_CONFIG_FILE", "example.toml");
             jail.set_env("EXAMPLE_KAFKA__PARTITIONS", "9");
             let config: Example = load("EXAMPLE").map_err(|e| e.to_string())?;
@@ -225,6 +230,9 @@ mod tests {
             ..KafkaSettings::default()
         };
         let err = kafka.validate("CHECKOUT").unwrap_err();
-        assert!(err.to_string().contains("CHECKOUT_KAFKA__PARTITIONS"), "{err}");
+        assert!(
+            err.to_string().contains("CHECKOUT_KAFKA__PARTITIONS"),
+            "{err}"
+        );
     }
 }

@@ -14,10 +14,10 @@ use crate::config::DatabaseSettings;
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     if !sqlx::Postgres::database_exists(&settings.url).await? {
         // Two instances starting at once may race here; the loser sees "already exists".
-        if let Err(error) = sqlx::Postgres::create_database(&settings.url).await {
-            if !sqlx::Postgres::database_exists(&settings.url).await? {
-                return Err(error);
-            }
+        if let Err(error) = sqlx::Postgres::create_database(&settings.url).await
+            && !sqlx::Postgres::database_exists(&settings.url).await?
+        {
+            return Err(error);
         }
         tracing::info!("created database");
     }

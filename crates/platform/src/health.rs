@@ -165,15 +165,24 @@ mod tests {
     async fn not_ready_until_started_and_not_ready_while_draining() {
         let health = Health::new();
         assert_eq!(status(&health, "/healthz").await, StatusCode::OK);
-        assert_eq!(status(&health, "/startup").await, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(status(&health, "/ready").await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            status(&health, "/startup").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(&health, "/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
 
         health.mark_started();
         assert_eq!(status(&health, "/startup").await, StatusCode::OK);
         assert_eq!(status(&health, "/ready").await, StatusCode::OK);
 
         health.mark_draining();
-        assert_eq!(status(&health, "/ready").await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            status(&health, "/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(status(&health, "/healthz").await, StatusCode::OK);
     }
 
@@ -181,11 +190,16 @@ mod tests {
     async fn a_failing_dependency_makes_the_service_unready() {
         let health = Health::new();
         health.mark_started();
-        health.add_check("database", || async { Err("connection refused".to_string()) });
+        health.add_check("database", || async {
+            Err("connection refused".to_string())
+        });
         assert_eq!(
             health.readiness().await,
             Err(vec!["database: connection refused".to_string()])
         );
-        assert_eq!(status(&health, "/ready").await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            status(&health, "/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

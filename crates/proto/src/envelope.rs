@@ -178,7 +178,10 @@ mod tests {
         let mut envelope = Envelope::wrap(&StockReserved::default(), provenance());
         envelope.schema_version = CURRENT_SCHEMA_VERSION + 1;
         let err = envelope.open::<StockReserved>().unwrap_err();
-        assert!(matches!(err, EnvelopeError::UnsupportedVersion { .. }), "{err}");
+        assert!(
+            matches!(err, EnvelopeError::UnsupportedVersion { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -190,13 +193,19 @@ mod tests {
     #[test]
     fn an_empty_envelope_names_the_missing_field() {
         let err = Envelope::decode_checked(&[]).unwrap_err();
-        assert!(matches!(err, EnvelopeError::MissingField("event_id")), "{err}");
+        assert!(
+            matches!(err, EnvelopeError::MissingField("event_id")),
+            "{err}"
+        );
     }
 
     #[test]
     fn replies_stay_in_the_flow_and_name_their_cause() {
         let command = Envelope::wrap(&ReserveStock::default(), provenance());
-        let reply = Envelope::wrap(&StockReserved::default(), command.reply_provenance("inventory"));
+        let reply = Envelope::wrap(
+            &StockReserved::default(),
+            command.reply_provenance("inventory"),
+        );
         assert_eq!(reply.correlation_id, command.correlation_id);
         assert_eq!(reply.causation_id, command.event_id);
         assert_eq!(reply.producer, "inventory");

@@ -155,13 +155,18 @@ async fn place_order(
             .collect(),
     };
     let order_id = orders::place(&state.pool, &state.catalog, &state.orchestrator, request).await?;
-    let location = HeaderValue::from_str(&format!("/v1/orders/{order_id}"))
-        .map_err(|_| ApiError::Internal)?;
+    let location =
+        HeaderValue::from_str(&format!("/v1/orders/{order_id}")).map_err(|_| ApiError::Internal)?;
     let body = Accepted {
         order_id,
         status: "PENDING",
     };
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
 }
 
 async fn get_order(
@@ -272,9 +277,12 @@ impl ApiError {
             Self::Body(rejection) => {
                 let detail = rejection.body_text();
                 match rejection {
-                    JsonRejection::JsonSyntaxError(_) => {
-                        Problem::new(S::BAD_REQUEST, "malformed-json", "The body is not valid JSON", detail)
-                    }
+                    JsonRejection::JsonSyntaxError(_) => Problem::new(
+                        S::BAD_REQUEST,
+                        "malformed-json",
+                        "The body is not valid JSON",
+                        detail,
+                    ),
                     JsonRejection::JsonDataError(_) => Problem::new(
                         S::UNPROCESSABLE_ENTITY,
                         "invalid-body",
@@ -293,7 +301,12 @@ impl ApiError {
                         "The body is too large",
                         detail,
                     ),
-                    other => Problem::new(other.status(), "unreadable-body", "The body could not be read", detail),
+                    other => Problem::new(
+                        other.status(),
+                        "unreadable-body",
+                        "The body could not be read",
+                        detail,
+                    ),
                 }
             }
             Self::Invalid(errors) => {
@@ -306,8 +319,13 @@ impl ApiError {
                     .into_iter()
                     .map(|e| json!({ "field": e.field, "message": e.message }))
                     .collect();
-                Problem::new(S::UNPROCESSABLE_ENTITY, "invalid-order", "The order is invalid", detail)
-                    .with("errors", Value::Array(list))
+                Problem::new(
+                    S::UNPROCESSABLE_ENTITY,
+                    "invalid-order",
+                    "The order is invalid",
+                    detail,
+                )
+                .with("errors", Value::Array(list))
             }
             Self::UnknownProducts(skus) => Problem::new(
                 S::UNPROCESSABLE_ENTITY,

@@ -102,8 +102,14 @@ impl Config {
         self.kafka.validate(PREFIX)?;
         let positive = [
             ("MAX_BODY_BYTES", self.max_body_bytes as u64),
-            ("INVENTORY__CONNECT_TIMEOUT_MS", self.inventory.connect_timeout_ms),
-            ("INVENTORY__REQUEST_TIMEOUT_MS", self.inventory.request_timeout_ms),
+            (
+                "INVENTORY__CONNECT_TIMEOUT_MS",
+                self.inventory.connect_timeout_ms,
+            ),
+            (
+                "INVENTORY__REQUEST_TIMEOUT_MS",
+                self.inventory.request_timeout_ms,
+            ),
             ("SAGA__STEP_TIMEOUT_MS", self.saga.step_timeout_ms),
             ("SAGA__MAX_ATTEMPTS", u64::from(self.saga.max_attempts)),
             ("SAGA__SWEEP_INTERVAL_MS", self.saga.sweep_interval_ms),

@@ -8,7 +8,7 @@ use faultline_proto::inventory::v1 as inventory;
 use faultline_proto::payments::v1 as payments;
 use sqlx::PgConnection;
 
-use crate::orchestrator::{OrchestratorError, Orchestrator};
+use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::saga::Event;
 
 /// Handles the events on `inventory.events` and `payments.events`.

@@ -198,12 +198,13 @@ impl Orchestrator {
         cause: Option<&str>,
     ) -> Result<Applied, OrchestratorError> {
         let row = self.lock(tx, order_id).await?;
-        let state = from_columns(&row.state, row.stock_done, row.payment_done).ok_or_else(|| {
-            OrchestratorError::CorruptState {
-                order_id,
-                detail: format!("unknown state {:?}", row.state),
-            }
-        })?;
+        let state =
+            from_columns(&row.state, row.stock_done, row.payment_done).ok_or_else(|| {
+                OrchestratorError::CorruptState {
+                    order_id,
+                    detail: format!("unknown state {:?}", row.state),
+                }
+            })?;
         let saga = Saga {
             state,
             attempts: u32::try_from(row.attempts).unwrap_or(0),
@@ -237,7 +238,8 @@ impl Orchestrator {
         .await?;
 
         if let Some(decision) = &transition.decision {
-            self.decide(tx, order_id, &row.order, decision, cause).await?;
+            self.decide(tx, order_id, &row.order, decision, cause)
+                .await?;
         }
         for command in &transition.commands {
             self.send(tx, order_id, &row.order, *command, cause).await?;
@@ -344,11 +346,15 @@ impl Orchestrator {
                 publish(tx, inventory_topic, "order", &command, provenance).await?;
             }
             Command::ReleaseStock => {
-                let command = inventory::ReleaseStock { order_id: id.clone() };
+                let command = inventory::ReleaseStock {
+                    order_id: id.clone(),
+                };
                 publish(tx, inventory_topic, "order", &command, provenance).await?;
             }
             Command::CommitStock => {
-                let command = inventory::CommitStock { order_id: id.clone() };
+                let command = inventory::CommitStock {
+                    order_id: id.clone(),
+                };
                 publish(tx, inventory_topic, "order", &command, provenance).await?;
             }
             Command::AuthorizePayment => {
@@ -364,11 +370,15 @@ impl Orchestrator {
                 publish(tx, payments_topic, "order", &command, provenance).await?;
             }
             Command::VoidPayment => {
-                let command = payments::VoidPayment { order_id: id.clone() };
+                let command = payments::VoidPayment {
+                    order_id: id.clone(),
+                };
                 publish(tx, payments_topic, "order", &command, provenance).await?;
             }
             Command::CapturePayment => {
-                let command = payments::CapturePayment { order_id: id.clone() };
+                let command = payments::CapturePayment {
+                    order_id: id.clone(),
+                };
                 publish(tx, payments_topic, "order", &command, provenance).await?;
             }
         }

@@ -10,7 +10,7 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::orchestrator::{OrderFacts, Orchestrator};
+use crate::orchestrator::{Orchestrator, OrderFacts};
 
 /// Most lines in one order.
 pub const MAX_LINES: usize = 50;
@@ -105,10 +105,16 @@ pub fn validate(order: &PlaceOrder) -> Result<(), Vec<FieldError>> {
     for (i, line) in order.lines.iter().enumerate() {
         if let Err(message) = validate_sku(&line.sku) {
             errors.push(FieldError::new(format!("items[{i}].sku"), message));
-        } else if order.lines[..i].iter().any(|earlier| earlier.sku == line.sku) {
+        } else if order.lines[..i]
+            .iter()
+            .any(|earlier| earlier.sku == line.sku)
+        {
             errors.push(FieldError::new(
                 format!("items[{i}].sku"),
-                format!("{} appears more than once; use one line per product", line.sku),
+                format!(
+                    "{} appears more than once; use one line per product",
+                    line.sku
+                ),
             ));
         }
         if !(1..=MAX_QUANTITY).contains(&line.quantity) {
@@ -118,7 +124,11 @@ pub fn validate(order: &PlaceOrder) -> Result<(), Vec<FieldError>> {
             ));
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 struct PricedLine {
@@ -172,7 +182,10 @@ pub async fn place<C: Catalog>(
     }
     let currency = currency
         .ok_or_else(|| {
-            PlaceOrderError::Invalid(vec![FieldError::new("items", "must contain at least one item")])
+            PlaceOrderError::Invalid(vec![FieldError::new(
+                "items",
+                "must contain at least one item",
+            )])
         })?
         .to_owned();
 
@@ -305,7 +318,11 @@ mod tests {
 
     #[test]
     fn every_broken_rule_is_reported_with_its_field() {
-        let mut bad = order(&[("LAMP 01", 0), ("DESK-02", MAX_QUANTITY + 1), ("DESK-02", 1)]);
+        let mut bad = order(&[
+            ("LAMP 01", 0),
+            ("DESK-02", MAX_QUANTITY + 1),
+            ("DESK-02", 1),
+        ]);
         bad.customer_id = String::new();
         assert_eq!(
             fields(validate(&bad)),

@@ -228,7 +228,11 @@ impl Saga {
             (AwaitingStock, StockReserved) => step(AwaitingPayment, vec![AuthorizePayment], None),
             (AwaitingStock, StockRejected { reason }) => Transition {
                 restart_deadline: false,
-                ..step(Compensated, vec![], cancel(CancellationCode::OutOfStock, reason))
+                ..step(
+                    Compensated,
+                    vec![],
+                    cancel(CancellationCode::OutOfStock, reason),
+                )
             },
             (AwaitingStock, DeadlinePassed) if self.attempts < max_attempts => {
                 resend(vec![ReserveStock])
@@ -278,13 +282,27 @@ impl Saga {
                 ),
             ),
 
-            (Completing { stock_committed: false, payment_captured }, StockCommitted) => {
-                progress(completing(true, payment_captured))
-            }
-            (Completing { stock_committed, payment_captured: false }, PaymentCaptured) => {
-                progress(completing(stock_committed, true))
-            }
-            (Completing { stock_committed, payment_captured }, DeadlinePassed) => {
+            (
+                Completing {
+                    stock_committed: false,
+                    payment_captured,
+                },
+                StockCommitted,
+            ) => progress(completing(true, payment_captured)),
+            (
+                Completing {
+                    stock_committed,
+                    payment_captured: false,
+                },
+                PaymentCaptured,
+            ) => progress(completing(stock_committed, true)),
+            (
+                Completing {
+                    stock_committed,
+                    payment_captured,
+                },
+                DeadlinePassed,
+            ) => {
                 let mut outstanding = vec![];
                 if !stock_committed {
                     outstanding.push(CommitStock);
@@ -295,13 +313,27 @@ impl Saga {
                 resend(outstanding)
             }
 
-            (Compensating { stock_released: false, payment_voided }, StockReleased) => {
-                progress(compensating(true, payment_voided))
-            }
-            (Compensating { stock_released, payment_voided: false }, PaymentVoided) => {
-                progress(compensating(stock_released, true))
-            }
-            (Compensating { stock_released, payment_voided }, DeadlinePassed) => {
+            (
+                Compensating {
+                    stock_released: false,
+                    payment_voided,
+                },
+                StockReleased,
+            ) => progress(compensating(true, payment_voided)),
+            (
+                Compensating {
+                    stock_released,
+                    payment_voided: false,
+                },
+                PaymentVoided,
+            ) => progress(compensating(stock_released, true)),
+            (
+                Compensating {
+                    stock_released,
+                    payment_voided,
+                },
+                DeadlinePassed,
+            ) => {
                 let mut outstanding = vec![];
                 if !payment_voided {
                     outstanding.push(VoidPayment);
@@ -360,11 +392,17 @@ mod tests {
     }
 
     fn decisions(transitions: &[Transition]) -> Vec<Decision> {
-        transitions.iter().filter_map(|t| t.decision.clone()).collect()
+        transitions
+            .iter()
+            .filter_map(|t| t.decision.clone())
+            .collect()
     }
 
     fn commands(transitions: &[Transition]) -> Vec<Command> {
-        transitions.iter().flat_map(|t| t.commands.clone()).collect()
+        transitions
+            .iter()
+            .flat_map(|t| t.commands.clone())
+            .collect()
     }
 
     #[test]
@@ -379,7 +417,11 @@ mod tests {
         assert_eq!(decisions(&transitions), vec![Decision::Confirm]);
         assert_eq!(
             commands(&transitions),
-            vec![Command::AuthorizePayment, Command::CommitStock, Command::CapturePayment]
+            vec![
+                Command::AuthorizePayment,
+                Command::CommitStock,
+                Command::CapturePayment
+            ]
         );
     }
 

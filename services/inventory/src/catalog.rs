@@ -121,7 +121,12 @@ mod tests {
             unit_price_minor: -1,
             ..upsert()
         };
-        assert!(negative_price.validate().unwrap_err().contains("unit price"));
+        assert!(
+            negative_price
+                .validate()
+                .unwrap_err()
+                .contains("unit price")
+        );
         let bad_currency = ProductUpsert {
             currency: "euro".into(),
             ..upsert()

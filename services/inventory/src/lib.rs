@@ -15,9 +15,9 @@ pub mod stock;
 pub use config::{Config, PREFIX};
 
 use anyhow::Context;
+use faultline_platform::db;
 use faultline_platform::health::{self, Health};
 use faultline_platform::messaging::{Messaging, Wiring};
-use faultline_platform::db;
 use faultline_proto::contract::topics;
 use faultline_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await;
     let grpc = Server::builder()
         .add_service(health_service)
-        .add_service(InventoryServiceServer::new(InventoryGrpc::new(pool.clone())))
+        .add_service(InventoryServiceServer::new(InventoryGrpc::new(
+            pool.clone(),
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
 
     health.mark_started();

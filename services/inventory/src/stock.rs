@@ -266,14 +266,15 @@ async fn move_reserved(
     .bind(order_id)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(update)
-    .bind(order_id)
-    .execute(conn)
-    .await?;
+    sqlx::query(update).bind(order_id).execute(conn).await?;
     Ok(())
 }
 
-async fn set_state(conn: &mut PgConnection, order_id: Uuid, state: &str) -> Result<(), sqlx::Error> {
+async fn set_state(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    state: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE reservations SET state = $2, updated_at = now() WHERE order_id = $1")
         .bind(order_id)
         .bind(state)
@@ -297,15 +298,24 @@ mod tests {
     fn lines_of_one_sku_are_summed_and_sorted() {
         let lines = [line("B", 1), line("A", 2), line("B", 3)];
         let merged = merge_lines(&lines).unwrap();
-        assert_eq!(merged.into_iter().collect::<Vec<_>>(), vec![("A", 2), ("B", 4)]);
+        assert_eq!(
+            merged.into_iter().collect::<Vec<_>>(),
+            vec![("A", 2), ("B", 4)]
+        );
     }
 
     #[test]
     fn empty_or_non_positive_lines_are_rejected_with_a_reason() {
         assert!(merge_lines(&[]).unwrap_err().contains("no items"));
-        assert!(merge_lines(&[line("A", 0)]).unwrap_err().contains("at least 1"));
-        assert!(merge_lines(&[line("A", i64::MAX), line("A", 1)])
-            .unwrap_err()
-            .contains("too large"));
+        assert!(
+            merge_lines(&[line("A", 0)])
+                .unwrap_err()
+                .contains("at least 1")
+        );
+        assert!(
+            merge_lines(&[line("A", i64::MAX), line("A", 1)])
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }

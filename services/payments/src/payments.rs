@@ -234,10 +234,12 @@ pub async fn capture(conn: &mut PgConnection, order_id: Uuid) -> Result<Capture,
     match payment.status.as_str() {
         "captured" => Ok(capture),
         "authorized" => {
-            sqlx::query("UPDATE payments SET status = 'captured', updated_at = now() WHERE id = $1")
-                .bind(payment.id)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE payments SET status = 'captured', updated_at = now() WHERE id = $1",
+            )
+            .bind(payment.id)
+            .execute(&mut *conn)
+            .await?;
             // The customer owes the amount; the merchant's revenue grows by it.
             let customer_account = format!("customer:{}", payment.customer_id);
             sqlx::query(
@@ -271,7 +273,9 @@ pub async fn void(conn: &mut PgConnection, order_id: Uuid) -> Result<(), Payment
                 .await?;
             Ok(())
         }
-        Some(payment) if payment.status == "captured" => Err(PaymentError::AlreadyCaptured(order_id)),
+        Some(payment) if payment.status == "captured" => {
+            Err(PaymentError::AlreadyCaptured(order_id))
+        }
         _ => Ok(()),
     }
 }
@@ -294,16 +298,55 @@ mod tests {
     fn validation_names_each_broken_rule() {
         assert_eq!(request().validate(), Ok(()));
         let cases = [
-            (AuthorizeRequest { idempotency_key: String::new(), ..request() }, "idempotency_key"),
-            (AuthorizeRequest { idempotency_key: "a b".into(), ..request() }, "visible ASCII"),
-            (AuthorizeRequest { idempotency_key: "k".repeat(MAX_KEY_LEN + 1), ..request() }, "idempotency_key"),
-            (AuthorizeRequest { customer_id: " ".into(), ..request() }, "customer_id"),
-            (AuthorizeRequest { amount_minor: 0, ..request() }, "positive"),
-            (AuthorizeRequest { currency: "eur".into(), ..request() }, "currency"),
+            (
+                AuthorizeRequest {
+                    idempotency_key: String::new(),
+                    ..request()
+                },
+                "idempotency_key",
+            ),
+            (
+                AuthorizeRequest {
+                    idempotency_key: "a b".into(),
+                    ..request()
+                },
+                "visible ASCII",
+            ),
+            (
+                AuthorizeRequest {
+                    idempotency_key: "k".repeat(MAX_KEY_LEN + 1),
+                    ..request()
+                },
+                "idempotency_key",
+            ),
+            (
+                AuthorizeRequest {
+                    customer_id: " ".into(),
+                    ..request()
+                },
+                "customer_id",
+            ),
+            (
+                AuthorizeRequest {
+                    amount_minor: 0,
+                    ..request()
+                },
+                "positive",
+            ),
+            (
+                AuthorizeRequest {
+                    currency: "eur".into(),
+                    ..request()
+                },
+                "currency",
+            ),
         ];
         for (case, expected) in cases {
             let error = case.validate().unwrap_err();
-            assert!(error.contains(expected), "{error} should mention {expected}");
+            assert!(
+                error.contains(expected),
+                "{error} should mention {expected}"
+            );
         }
     }
 

@@ -71,9 +71,9 @@ impl PaymentProvider for SimulatedProvider {
             Ok(ProviderDecision::Declined {
                 reason: format!(
                     "amount {} {} exceeds the card's limit of {} {}",
-                    request.amount_minor,
+                    two_decimals(request.amount_minor),
                     request.currency,
-                    self.decline_above_minor,
+                    two_decimals(self.decline_above_minor),
                     request.currency
                 ),
             })
@@ -83,6 +83,11 @@ impl PaymentProvider for SimulatedProvider {
             })
         }
     }
+}
+
+/// Renders minor units with two decimals, as the demo currencies use. Only for messages.
+fn two_decimals(minor: i64) -> String {
+    format!("{}.{:02}", minor / 100, (minor % 100).abs())
 }
 
 #[cfg(test)]
@@ -104,10 +109,14 @@ mod tests {
             provider.authorize(request(1_000)).await.unwrap(),
             ProviderDecision::Approved { .. }
         ));
-        let ProviderDecision::Declined { reason } = provider.authorize(request(1_001)).await.unwrap()
+        let ProviderDecision::Declined { reason } =
+            provider.authorize(request(1_001)).await.unwrap()
         else {
             panic!("expected a decline");
         };
-        assert!(reason.contains("limit"), "{reason}");
+        assert_eq!(
+            reason,
+            "amount 10.01 EUR exceeds the card's limit of 10.00 EUR"
+        );
     }
 }

@@ -10,11 +10,34 @@ use std::time::Duration;
 use faultline_e2e::{Client, ProductSpec};
 
 const CATALOG: [ProductSpec; 4] = [
-    ProductSpec { sku: "LAMP-01", name: "Desk lamp", price_cents: 2_490, stock: 10 },
-    ProductSpec { sku: "CHAIR-02", name: "Office chair", price_cents: 18_900, stock: 5 },
-    ProductSpec { sku: "DESK-03", name: "Standing desk", price_cents: 64_900, stock: 3 },
-    ProductSpec { sku: "MUG-04", name: "Coffee mug", price_cents: 850, stock: 1 },
+    ProductSpec {
+        sku: "LAMP-01",
+        name: "Desk lamp",
+        price_cents: 2_490,
+        stock: 10,
+    },
+    ProductSpec {
+        sku: "CHAIR-02",
+        name: "Office chair",
+        price_cents: 18_900,
+        stock: 5,
+    },
+    ProductSpec {
+        sku: "DESK-03",
+        name: "Standing desk",
+        price_cents: 64_900,
+        stock: 3,
+    },
+    ProductSpec {
+        sku: "MUG-04",
+        name: "Coffee mug",
+        price_cents: 850,
+        stock: 1,
+    },
 ];
+
+/// Order lines: SKU and quantity.
+type Lines = Vec<(&'static str, i64)>;
 
 fn euros(cents: i64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
@@ -22,8 +45,8 @@ fn euros(cents: i64) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let checkout = std::env::var("FAULTLINE_CHECKOUT_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:8080".into());
+    let checkout =
+        std::env::var("FAULTLINE_CHECKOUT_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
     let inventory = std::env::var("FAULTLINE_INVENTORY_URL")
         .unwrap_or_else(|_| "http://127.0.0.1:50051".into());
     let client = Client::new(checkout, inventory);
@@ -48,8 +71,12 @@ async fn main() -> anyhow::Result<()> {
         .map(|p| p.available)
         .unwrap_or(0);
 
-    let orders: [(&str, &str, Vec<(&str, i64)>); 3] = [
-        ("a lamp and a chair", "alice", vec![("LAMP-01", 1), ("CHAIR-02", 1)]),
+    let orders: [(&str, &str, Lines); 3] = [
+        (
+            "a lamp and a chair",
+            "alice",
+            vec![("LAMP-01", 1), ("CHAIR-02", 1)],
+        ),
         ("a desk above the card limit", "bob", vec![("DESK-03", 1)]),
         ("more mugs than exist", "carol", vec![("MUG-04", mugs + 1)]),
     ];
@@ -67,7 +94,10 @@ async fn main() -> anyhow::Result<()> {
         let total = order["total"]["amount_minor"].as_i64().unwrap_or(0);
         let currency = order["total"]["currency"].as_str().unwrap_or("");
         let status = order["status"].as_str().unwrap_or("?");
-        print!("  {id}  {customer:<6} {status:<9} {:>7} {currency}", euros(total));
+        print!(
+            "  {id}  {customer:<6} {status:<9} {:>7} {currency}",
+            euros(total)
+        );
         match order.get("cancellation") {
             Some(c) => println!(
                 "  reason: {} ({})",
