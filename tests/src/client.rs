@@ -57,6 +57,11 @@ impl Client {
         }
     }
 
+    /// Inventory's gRPC endpoint.
+    pub fn inventory_url(&self) -> &str {
+        &self.inventory_url
+    }
+
     /// Base URL of checkout's API.
     pub fn checkout_url(&self) -> &str {
         &self.checkout_url

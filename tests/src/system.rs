@@ -86,6 +86,8 @@ pub struct System {
     pub run_id: String,
     /// The client for its APIs.
     pub client: Client,
+    /// Payments' gRPC endpoint (`http://127.0.0.1:<port>`).
+    pub payments_url: String,
     postgres_url: String,
     brokers: String,
     bin_dir: PathBuf,
@@ -211,6 +213,7 @@ impl System {
                 format!("http://127.0.0.1:{checkout_port}"),
                 format!("http://127.0.0.1:{inventory_port}"),
             ),
+            payments_url: format!("http://127.0.0.1:{payments_port}"),
             run_id,
             postgres_url,
             brokers,

@@ -43,6 +43,15 @@ struct Inner {
     checks: RwLock<Vec<(&'static str, Check)>>,
 }
 
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("started", &self.inner.started.load(Ordering::SeqCst))
+            .field("draining", &self.inner.draining.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Health {
     /// A probe state that reports "starting" until [`Health::mark_started`].
     pub fn new() -> Self {

@@ -5,6 +5,7 @@
 //! - [`db`]: a Postgres pool whose database is created on first start.
 //! - [`grpc`]: database errors as gRPC status codes.
 //! - [`health`]: liveness, readiness and startup probes on a small admin HTTP server.
+//! - [`lifecycle`]: the start-up and shutdown order every service follows.
 //! - [`messaging`]: typed protobuf envelopes on the outbox and inbox.
 //! - [`shutdown`]: a cancellation token that SIGTERM and Ctrl-C trip, so every task can stop
 //!   in order.
@@ -13,5 +14,6 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod health;
+pub mod lifecycle;
 pub mod messaging;
 pub mod shutdown;

@@ -21,8 +21,7 @@ pub use config::{Config, InventoryClientSettings, PREFIX, SagaSettings};
 use std::time::Duration;
 
 use anyhow::Context;
-use faultline_platform::db;
-use faultline_platform::health::{self, Health};
+use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
 use sqlx::PgPool;
@@ -38,21 +37,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Runs checkout until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let health = Health::new();
-    let admin = tokio::spawn(health::serve(
-        config.admin.listen,
-        health.clone(),
-        shutdown.clone(),
-    ));
-
-    let pool = db::open(&config.database, &MIGRATOR)
+    let life = Lifecycle::begin(&config.admin, &config.database, &MIGRATOR, &shutdown)
         .await
         .context("preparing the checkout database")?;
-    let check_pool = pool.clone();
-    health.add_check("database", move || {
-        let pool = check_pool.clone();
-        async move { db::ping(&pool).await.map_err(|e| e.to_string()) }
-    });
+    let pool = life.pool.clone();
 
     let kafka = &config.kafka;
     let orchestrator = Orchestrator::new(
@@ -96,22 +84,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
     let app = api::router(state, config.max_body_bytes);
-    health.mark_started();
+    life.started();
     tracing::info!(listen = %config.http_listen, "checkout is serving HTTP");
     let drain = shutdown.clone();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { drain.cancelled().await })
         .await;
 
-    health.mark_draining();
-    messaging.join().await;
     if let Err(error) = sweeper.await {
         tracing::error!(%error, "deadline sweeper panicked");
     }
-    pool.close().await;
-    if let Ok(Err(error)) = admin.await {
-        tracing::warn!(%error, "admin server failed");
-    }
+    life.end(messaging).await;
     served.context("HTTP server failed")?;
     tracing::info!("checkout stopped");
     Ok(())

@@ -15,8 +15,7 @@ pub mod stock;
 pub use config::{Config, PREFIX};
 
 use anyhow::Context;
-use faultline_platform::db;
-use faultline_platform::health::{self, Health};
+use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
 use faultline_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
@@ -32,21 +31,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Runs the inventory service until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let health = Health::new();
-    let admin = tokio::spawn(health::serve(
-        config.admin.listen,
-        health.clone(),
-        shutdown.clone(),
-    ));
-
-    let pool = db::open(&config.database, &MIGRATOR)
+    let life = Lifecycle::begin(&config.admin, &config.database, &MIGRATOR, &shutdown)
         .await
         .context("preparing the inventory database")?;
-    let check_pool = pool.clone();
-    health.add_check("database", move || {
-        let pool = check_pool.clone();
-        async move { db::ping(&pool).await.map_err(|e| e.to_string()) }
-    });
 
     let wiring = Wiring {
         service: "inventory",
@@ -56,7 +43,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let handler = CommandHandler {
         events_topic: config.kafka.topic(topics::INVENTORY_EVENTS),
     };
-    let messaging = Messaging::start(&pool, &config.kafka, wiring, handler, &shutdown)
+    let messaging = Messaging::start(&life.pool, &config.kafka, wiring, handler, &shutdown)
         .await
         .context("starting Kafka messaging")?;
 
@@ -69,20 +56,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let grpc = Server::builder()
         .add_service(health_service)
         .add_service(InventoryServiceServer::new(InventoryGrpc::new(
-            pool.clone(),
+            life.pool.clone(),
         )))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
 
-    health.mark_started();
+    life.started();
     tracing::info!(listen = %config.grpc_listen, "inventory is serving gRPC");
     let served = grpc.await;
-
-    health.mark_draining();
-    messaging.join().await;
-    pool.close().await;
-    if let Ok(Err(error)) = admin.await {
-        tracing::warn!(%error, "admin server failed");
-    }
+    life.end(messaging).await;
     served.context("gRPC server failed")?;
     tracing::info!("inventory stopped");
     Ok(())

@@ -18,8 +18,7 @@ pub use config::{Config, PREFIX, ProviderSettings};
 use std::sync::Arc;
 
 use anyhow::Context;
-use faultline_platform::db;
-use faultline_platform::health::{self, Health};
+use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
 use faultline_proto::payments::v1::payments_service_server::PaymentsServiceServer;
@@ -36,21 +35,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Runs the payments service until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let health = Health::new();
-    let admin = tokio::spawn(health::serve(
-        config.admin.listen,
-        health.clone(),
-        shutdown.clone(),
-    ));
-
-    let pool = db::open(&config.database, &MIGRATOR)
+    let life = Lifecycle::begin(&config.admin, &config.database, &MIGRATOR, &shutdown)
         .await
         .context("preparing the payments database")?;
-    let check_pool = pool.clone();
-    health.add_check("database", move || {
-        let pool = check_pool.clone();
-        async move { db::ping(&pool).await.map_err(|e| e.to_string()) }
-    });
 
     let provider = Arc::new(SimulatedProvider::new(config.provider.decline_above_minor));
     let wiring = Wiring {
@@ -62,7 +49,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         events_topic: config.kafka.topic(topics::PAYMENTS_EVENTS),
         provider: provider.clone(),
     };
-    let messaging = Messaging::start(&pool, &config.kafka, wiring, handler, &shutdown)
+    let messaging = Messaging::start(&life.pool, &config.kafka, wiring, handler, &shutdown)
         .await
         .context("starting Kafka messaging")?;
 
@@ -75,21 +62,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let grpc = Server::builder()
         .add_service(health_service)
         .add_service(PaymentsServiceServer::new(PaymentsGrpc::new(
-            pool.clone(),
+            life.pool.clone(),
             provider,
         )))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
 
-    health.mark_started();
+    life.started();
     tracing::info!(listen = %config.grpc_listen, "payments is serving gRPC");
     let served = grpc.await;
-
-    health.mark_draining();
-    messaging.join().await;
-    pool.close().await;
-    if let Ok(Err(error)) = admin.await {
-        tracing::warn!(%error, "admin server failed");
-    }
+    life.end(messaging).await;
     served.context("gRPC server failed")?;
     tracing::info!("payments stopped");
     Ok(())
