@@ -20,10 +20,17 @@
 //! topic, carrying the original bytes and the error in headers, in one transaction. The
 //! record is logged with its offset, never silently dropped.
 //!
-//! Records are processed one at a time in arrival order, so per-key order holds and memory
-//! stays bounded by one record.
+//! Each partition has its own lane: a task that processes the partition's records one at a
+//! time, in order, so per-key order holds while partitions proceed in parallel. A lane holds
+//! at most [`ConsumerSettings::max_in_flight_per_partition`] records. When it is full the
+//! partition is paused, the few records the client had already fetched are held back, and
+//! the partition resumes once the lane has drained to half: a slow database slows
+//! consumption instead of growing memory.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::RngExt;
@@ -32,6 +39,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::inbox::{self, Origin, Outcome};
@@ -151,10 +160,13 @@ pub struct ConsumerSettings {
     pub base_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Records a partition's lane holds before the partition is paused.
+    pub max_in_flight_per_partition: usize,
 }
 
 impl ConsumerSettings {
-    /// Settings with the default retry policy (5 attempts, 100 ms doubling to 5 s).
+    /// Settings with the default retry policy (5 attempts, 100 ms doubling to 5 s) and 64
+    /// records in flight per partition.
     pub fn new(
         name: impl Into<String>,
         topics: Vec<String>,
@@ -167,6 +179,7 @@ impl ConsumerSettings {
             max_attempts: 5,
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            max_in_flight_per_partition: 64,
         }
     }
 }
@@ -205,6 +218,35 @@ fn describe(partitions: &TopicPartitionList) -> String {
         .join(",")
 }
 
+/// What a consumer loop did, for logs, metrics and tests. Counters only grow.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Records whose effect committed.
+    pub processed: AtomicU64,
+    /// Redeliveries skipped because the inbox already had them.
+    pub duplicates: AtomicU64,
+    /// Records parked on the dead-letter topic.
+    pub parked: AtomicU64,
+    /// Times a partition was paused because its lane was full.
+    pub pauses: AtomicU64,
+}
+
+impl ConsumerStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A plain copy of the counters.
+    pub fn snapshot(&self) -> [u64; 4] {
+        [
+            self.processed.load(Ordering::Relaxed),
+            self.duplicates.load(Ordering::Relaxed),
+            self.parked.load(Ordering::Relaxed),
+            self.pauses.load(Ordering::Relaxed),
+        ]
+    }
+}
+
 /// The consumer type [`run`] expects.
 pub type KafkaConsumer = StreamConsumer<LoggingContext>;
 
@@ -219,68 +261,192 @@ pub enum ConsumerError {
 /// Consumes `settings.topics` until `shutdown` is cancelled; see the module docs.
 ///
 /// `consumer` should be built from [`crate::kafka::consumer_config`] with
-/// [`LoggingContext`]. On shutdown the record in hand is finished (or left for redelivery if
-/// it is still waiting on a retry), stored offsets are committed synchronously, and the
-/// consumer leaves its group.
-pub async fn run<H: Handler>(
+/// [`LoggingContext`]. On shutdown the loop stops fetching, every partition lane finishes the
+/// record in hand (one still waiting on a retry is left for redelivery, as are records queued
+/// behind it), stored offsets are committed synchronously, and the consumer leaves its group.
+pub async fn run<H: Handler + 'static>(
     consumer: KafkaConsumer,
     pool: PgPool,
     handler: H,
     settings: ConsumerSettings,
     shutdown: CancellationToken,
-) -> Result<(), ConsumerError> {
+) -> Result<Arc<ConsumerStats>, ConsumerError> {
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .map_err(ConsumerError::Subscribe)?;
     tracing::info!(consumer = %settings.name, topics = ?settings.topics, "consumer started");
 
-    let worker = Worker {
+    let consumer = Arc::new(consumer);
+    let capacity = settings.max_in_flight_per_partition.max(1);
+    let stats = Arc::new(ConsumerStats::default());
+    let worker = Arc::new(Worker {
         pool,
         handler,
         settings,
         shutdown: shutdown.clone(),
-    };
+        stats: stats.clone(),
+    });
+    let mut lanes: HashMap<(String, i32), Lane> = HashMap::new();
+    let mut resume_check = tokio::time::interval(Duration::from_millis(20));
+    resume_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     loop {
-        let message = tokio::select! {
-            // Shutdown wins over a ready record, so none is started after it was asked for.
+        tokio::select! {
+            // Shutdown wins over a ready record, so none is dispatched after it was asked for.
             biased;
             _ = shutdown.cancelled() => break,
-            received = consumer.recv() => received,
-        };
-        let message = match message {
-            Ok(message) => message,
-            Err(error) => {
-                // Broker-side trouble (a partition leader moving, a broker restarting) is
-                // reported here; librdkafka reconnects by itself.
-                tracing::warn!(%error, "kafka receive error");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            _ = resume_check.tick() => resume_drained(&consumer, &mut lanes, capacity),
+            received = consumer.recv() => match received {
+                Ok(message) => dispatch(&consumer, &worker, &mut lanes, capacity, &message),
+                Err(error) => {
+                    // Broker-side trouble (a partition leader moving, a broker restarting) is
+                    // reported here; librdkafka reconnects by itself.
+                    tracing::warn!(%error, "kafka receive error");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
                 }
-            }
-        };
-        let incoming = Incoming::from_message(&message);
-        if worker.finish(&incoming).await.is_err() {
-            // Shutdown arrived while retrying; the record stays unstored and is delivered
-            // again to whoever owns the partition next.
-            break;
-        }
-        if let Err(error) = consumer.store_offset_from_message(&message) {
-            // The partition was revoked meanwhile; its new owner gets the record again and
-            // the inbox skips it.
-            tracing::debug!(%error, "offset not stored");
+            },
         }
     }
 
+    // No more dispatching; each lane finishes its record in hand, then offsets are committed.
+    for (_, lane) in lanes.drain() {
+        drop(lane.sender);
+        if let Err(error) = lane.task.await {
+            tracing::error!(%error, "partition lane panicked");
+        }
+    }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
         Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
         Err(error) => tracing::warn!(%error, "final offset commit failed"),
     }
     consumer.unsubscribe();
-    tracing::info!("consumer stopped");
-    Ok(())
+    let [processed, duplicates, parked, pauses] = stats.snapshot();
+    tracing::info!(processed, duplicates, parked, pauses, "consumer stopped");
+    Ok(stats)
+}
+
+/// The records of one partition on their way through one task, in order.
+struct Lane {
+    sender: mpsc::Sender<Incoming>,
+    task: JoinHandle<()>,
+    /// Records received while the lane was full. Bounded by what the client had already
+    /// fetched for the partition when it was paused; drained into the lane first.
+    overflow: VecDeque<Incoming>,
+    paused: bool,
+}
+
+fn partition_list(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    list
+}
+
+/// Hands `message` to its partition's lane; when the lane is full, pauses the partition and
+/// keeps what the client already fetched until the lane has room again.
+fn dispatch<H: Handler + 'static>(
+    consumer: &Arc<KafkaConsumer>,
+    worker: &Arc<Worker<H>>,
+    lanes: &mut HashMap<(String, i32), Lane>,
+    capacity: usize,
+    message: &BorrowedMessage<'_>,
+) {
+    let key = (message.topic().to_owned(), message.partition());
+    let lane = lanes.entry(key.clone()).or_insert_with(|| {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let task = tokio::spawn(run_lane(worker.clone(), consumer.clone(), receiver));
+        Lane {
+            sender,
+            task,
+            overflow: VecDeque::new(),
+            paused: false,
+        }
+    });
+    let incoming = Incoming::from_message(message);
+    if !lane.overflow.is_empty() {
+        lane.overflow.push_back(incoming);
+        return;
+    }
+    match lane.sender.try_send(incoming) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(incoming)) => {
+            lane.overflow.push_back(incoming);
+            let (topic, partition) = &key;
+            match consumer.pause(&partition_list(topic, *partition)) {
+                Ok(()) => {
+                    tracing::debug!(%topic, partition, "lane full; partition paused");
+                    ConsumerStats::bump(&worker.stats.pauses);
+                    lane.paused = true;
+                }
+                Err(error) => tracing::warn!(%topic, partition, %error, "cannot pause partition"),
+            }
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            // The lane stopped (shutdown in the middle of a retry); nothing more is stored
+            // for this partition and its records are delivered again after a restart.
+        }
+    }
+}
+
+/// Moves held records into lanes that have room, and resumes partitions whose lanes have
+/// drained to half their capacity.
+fn resume_drained(
+    consumer: &KafkaConsumer,
+    lanes: &mut HashMap<(String, i32), Lane>,
+    capacity: usize,
+) {
+    for ((topic, partition), lane) in lanes.iter_mut() {
+        while !lane.overflow.is_empty() {
+            let Ok(permit) = lane.sender.try_reserve() else {
+                break;
+            };
+            if let Some(incoming) = lane.overflow.pop_front() {
+                permit.send(incoming);
+            }
+        }
+        if !lane.paused || !lane.overflow.is_empty() || lane.sender.capacity() * 2 < capacity {
+            continue;
+        }
+        match consumer.resume(&partition_list(topic, *partition)) {
+            Ok(()) => {
+                tracing::debug!(%topic, partition, "partition resumed");
+                lane.paused = false;
+            }
+            Err(error) => tracing::warn!(%topic, partition, %error, "cannot resume partition"),
+        }
+    }
+}
+
+/// Processes one partition's records in order and stores each offset after its transaction
+/// committed.
+async fn run_lane<H: Handler>(
+    worker: Arc<Worker<H>>,
+    consumer: Arc<KafkaConsumer>,
+    mut records: mpsc::Receiver<Incoming>,
+) {
+    // On shutdown the lane finishes the record in hand and leaves the rest, unstored, for
+    // redelivery: stopping stays quick however full the lane is.
+    while !worker.shutdown.is_cancelled() {
+        let Some(incoming) = records.recv().await else {
+            return;
+        };
+        if worker.finish(&incoming).await.is_err() {
+            // Shutdown arrived while retrying; the record stays unstored and is delivered
+            // again to whoever owns the partition next.
+            return;
+        }
+        if let Err(error) =
+            consumer.store_offset(&incoming.topic, incoming.partition, incoming.offset)
+        {
+            // The partition was revoked meanwhile; its new owner gets the record again and
+            // the inbox skips it.
+            tracing::debug!(%error, "offset not stored");
+        }
+    }
 }
 
 /// Shutdown interrupted a retry.
@@ -291,6 +457,7 @@ struct Worker<H> {
     handler: H,
     settings: ConsumerSettings,
     shutdown: CancellationToken,
+    stats: Arc<ConsumerStats>,
 }
 
 impl<H: Handler> Worker<H> {
@@ -337,10 +504,12 @@ impl<H: Handler> Worker<H> {
         .await?;
         if !first_time {
             tracing::debug!(event_id = %incoming.event_id, "duplicate delivery skipped");
+            ConsumerStats::bump(&self.stats.duplicates);
             return Ok(());
         }
         self.handler.handle(&mut tx, incoming).await?;
         tx.commit().await?;
+        ConsumerStats::bump(&self.stats.processed);
         Ok(())
     }
 
@@ -358,6 +527,7 @@ impl<H: Handler> Worker<H> {
                         reason,
                         "message parked on the dead-letter topic"
                     );
+                    ConsumerStats::bump(&self.stats.parked);
                     return Ok(());
                 }
                 Err(error) => {

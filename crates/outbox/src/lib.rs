@@ -3,8 +3,9 @@
 //! - [`enqueue`] writes an [`OutboxMessage`] inside the caller's transaction, so the message
 //!   exists if and only if the business change it announces committed.
 //! - [`Relay`] publishes outbox rows to Kafka in write order with an idempotent producer and
-//!   deletes them once the broker has acknowledged them. A crash between publish and delete
-//!   publishes again: delivery is at-least-once.
+//!   deletes (or marks) them once the broker has acknowledged them. Several relays share the
+//!   work without a leader by owning key ranges, so one aggregate's rows stay in order. A
+//!   crash between publish and delete publishes again: delivery is at-least-once.
 //! - [`consumer::run`] receives Kafka records and hands each to a [`consumer::Handler`]
 //!   inside a transaction that also records the message in the inbox. A redelivered message
 //!   is found there and skipped, so processing is effectively-once. Offsets are stored only
@@ -34,7 +35,7 @@ mod message;
 pub mod relay;
 
 pub use message::{OutboxMessage, enqueue};
-pub use relay::{Relay, RelayConfig};
+pub use relay::{Backlog, Relay, RelayConfig, Retention, backlog};
 
 use sqlx::PgPool;
 

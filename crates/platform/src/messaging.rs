@@ -8,9 +8,11 @@
 //! [`Messaging::start`] wires a service to Kafka: it creates the topics the service needs,
 //! then runs its outbox relay and its consumer loop until shutdown.
 
+use std::sync::Arc;
+
 use faultline_outbox::consumer::{
-    self, ConsumerError, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer,
-    LoggingContext,
+    self, ConsumerError, ConsumerSettings, ConsumerStats, Handler, HandlerError, Incoming,
+    KafkaConsumer, LoggingContext,
 };
 use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
 use faultline_outbox::{OutboxMessage, Relay, RelayConfig, enqueue};
@@ -89,7 +91,7 @@ pub struct Wiring {
 #[derive(Debug)]
 pub struct Messaging {
     relay: JoinHandle<()>,
-    consumer: JoinHandle<Result<(), ConsumerError>>,
+    consumer: JoinHandle<Result<Arc<ConsumerStats>, ConsumerError>>,
 }
 
 /// Why messaging could not start.
@@ -153,7 +155,7 @@ impl Messaging {
     /// Waits for both tasks to finish after shutdown.
     pub async fn join(self) {
         match self.consumer.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_stats)) => {}
             Ok(Err(error)) => tracing::error!(%error, "consumer failed"),
             Err(error) => tracing::error!(%error, "consumer task panicked"),
         }

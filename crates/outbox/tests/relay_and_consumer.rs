@@ -1,0 +1,402 @@
+//! The relay and the consumer loop against real Postgres and a real Kafka-protocol broker
+//! (`FAULTLINE_POSTGRES_URL`, `FAULTLINE_KAFKA_BROKERS`; the local defaults otherwise).
+
+// Helpers panic on failure: in a test, that is the report.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use faultline_outbox::consumer::{
+    self, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer, LoggingContext,
+};
+use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
+use faultline_outbox::{OutboxMessage, Relay, RelayConfig, Retention, backlog, enqueue};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+fn brokers() -> String {
+    std::env::var("FAULTLINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A fresh database with the outbox tables; dropped by [`TestDb::drop_now`].
+struct TestDb {
+    name: String,
+    admin: PgPool,
+    pool: PgPool,
+}
+
+impl TestDb {
+    async fn new() -> TestDb {
+        let server = std::env::var("FAULTLINE_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = unique("outbox");
+        let admin = PgPool::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&format!("{server}/{name}"))
+            .await
+            .unwrap();
+        faultline_outbox::migrate(&pool).await.unwrap();
+        TestDb { name, admin, pool }
+    }
+
+    async fn drop_now(self) {
+        self.pool.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await
+        .unwrap();
+    }
+}
+
+async fn topic(partitions: i32) -> String {
+    let name = unique("t").replace('_', ".");
+    ensure_topics(
+        &brokers(),
+        &[TopicSpec {
+            name: name.clone(),
+            partitions,
+            replication_factor: 1,
+        }],
+    )
+    .await
+    .unwrap();
+    name
+}
+
+fn relay(pool: &PgPool, config: RelayConfig) -> Relay {
+    let producer: FutureProducer = producer_config(&brokers(), "relay-test").create().unwrap();
+    Relay::new(pool.clone(), producer, config)
+}
+
+fn fast_relays() -> RelayConfig {
+    RelayConfig {
+        batch_size: 50,
+        poll_interval: Duration::from_millis(20),
+        heartbeat_ttl: Duration::from_millis(600),
+        rebalance_interval: Duration::from_millis(100),
+        ..RelayConfig::default()
+    }
+}
+
+/// Writes message `seq` of aggregate `agg`, one transaction per message, as services do.
+async fn write(pool: &PgPool, topic: &str, agg: usize, seq: usize) {
+    let mut tx = pool.begin().await.unwrap();
+    let message = OutboxMessage::new(
+        topic,
+        "test",
+        format!("agg-{agg}"),
+        "Step",
+        format!("{agg}:{seq}").into_bytes(),
+    );
+    enqueue(&mut tx, &message).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Reads `topic` from the start until `expected` distinct payloads arrived; returns the
+/// payloads in arrival order (duplicates included).
+async fn read_all(topic: &str, expected: usize) -> Vec<String> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut seen = Vec::new();
+    let mut distinct = std::collections::HashSet::new();
+    while distinct.len() < expected {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("messages stopped arriving")
+            .unwrap();
+        let payload = String::from_utf8(message.payload().unwrap().to_vec()).unwrap();
+        distinct.insert(payload.clone());
+        seen.push(payload);
+    }
+    seen
+}
+
+/// Asserts that, counting only first arrivals, each aggregate's messages came in order and
+/// none is missing.
+fn assert_in_order(arrivals: &[String], aggregates: usize, per_aggregate: usize) {
+    let mut next = vec![0usize; aggregates];
+    let mut first = std::collections::HashSet::new();
+    for payload in arrivals {
+        if !first.insert(payload.clone()) {
+            continue;
+        }
+        let (agg, seq) = payload.split_once(':').unwrap();
+        let (agg, seq): (usize, usize) = (agg.parse().unwrap(), seq.parse().unwrap());
+        assert_eq!(
+            seq, next[agg],
+            "aggregate {agg}: got {seq}, expected {}",
+            next[agg]
+        );
+        next[agg] += 1;
+    }
+    assert!(next.iter().all(|n| *n == per_aggregate), "{next:?}");
+}
+
+/// How many slots each database session holds, by pid.
+async fn slot_holders(pool: &PgPool) -> BTreeMap<i32, i64> {
+    sqlx::query_as::<_, (i32, i64)>(
+        "SELECT pid, count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND classid = $1::oid AND database =
+               (SELECT oid FROM pg_database WHERE datname = current_database())
+         GROUP BY pid",
+    )
+    .bind(0x0f0b_0001_i64)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_relays_share_the_slots_and_keep_each_aggregates_order() {
+    let db = TestDb::new().await;
+    let topic = topic(3).await;
+    const AGGREGATES: usize = 24;
+    const PER_AGGREGATE: usize = 25;
+
+    let shutdown = CancellationToken::new();
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        relays.push(tokio::spawn(
+            relay(&db.pool, fast_relays()).run(shutdown.clone()),
+        ));
+    }
+
+    // Writers keep going while the relays run; each aggregate's messages are written in order.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let pool = db.pool.clone();
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                for seq in 0..PER_AGGREGATE {
+                    for agg in (w..AGGREGATES).step_by(4) {
+                        write(&pool, &topic, agg, seq).await;
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // All three hold a fair share of the 64 slots at once.
+    let started = Instant::now();
+    loop {
+        let holders = slot_holders(&db.pool).await;
+        // ceil(64 / 3) = 22 each, so two hold 22 and the third the remaining 20.
+        if holders.len() == 3
+            && holders.values().sum::<i64>() == 64
+            && holders.values().all(|n| *n >= 20)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "slots never balanced: {holders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One relay dies mid-stream; the other two take its slots over.
+    relays.remove(0).abort();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let arrivals = read_all(&topic, AGGREGATES * PER_AGGREGATE).await;
+    assert_in_order(&arrivals, AGGREGATES, PER_AGGREGATE);
+
+    let started = Instant::now();
+    while backlog(&db.pool).await.unwrap().pending > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "outbox never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let holders = slot_holders(&db.pool).await;
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    assert_eq!(holders.values().sum::<i64>(), 64, "{holders:?}");
+
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.unwrap();
+    }
+    assert!(
+        slot_holders(&db.pool).await.is_empty(),
+        "a stopped relay gives its slots back"
+    );
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_rows_are_marked_then_purged() {
+    let db = TestDb::new().await;
+    let topic = topic(1).await;
+    for seq in 0..10 {
+        write(&db.pool, &topic, 0, seq).await;
+    }
+    let before = backlog(&db.pool).await.unwrap();
+    assert_eq!(before.pending, 10);
+    assert!(before.oldest.is_some());
+
+    let mut relay = relay(
+        &db.pool,
+        RelayConfig {
+            retention: Retention::Keep(Duration::from_secs(3600)),
+            ..fast_relays()
+        },
+    );
+    relay.rebalance().await.unwrap();
+    relay.drain().await.unwrap();
+    assert_eq!(read_all(&topic, 10).await.len(), 10);
+
+    let after = backlog(&db.pool).await.unwrap();
+    assert_eq!((after.pending, after.oldest), (0, None));
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, 10, "published rows are kept for the retention period");
+    assert_eq!(
+        faultline_outbox::relay::purge_published(&db.pool, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        faultline_outbox::relay::purge_published(&db.pool, Duration::ZERO)
+            .await
+            .unwrap(),
+        10
+    );
+    db.drop_now().await;
+}
+
+/// A handler slower than the broker: records its arrivals in the database.
+struct Slow {
+    handled: Arc<AtomicUsize>,
+}
+
+impl Handler for Slow {
+    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        sqlx::query(r#"INSERT INTO arrivals (partition, "offset", payload) VALUES ($1, $2, $3)"#)
+            .bind(message.partition)
+            .bind(message.offset)
+            .bind(String::from_utf8_lossy(&message.payload).into_owned())
+            .execute(tx)
+            .await?;
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tiny_lane_pauses_and_resumes_without_losing_or_reordering() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        r#"CREATE TABLE arrivals (n bigserial, partition int, "offset" bigint, payload text)"#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let topic = topic(2).await;
+    const AGGREGATES: usize = 4;
+    const PER_AGGREGATE: usize = 30;
+    for seq in 0..PER_AGGREGATE {
+        for agg in 0..AGGREGATES {
+            write(&db.pool, &topic, agg, seq).await;
+        }
+    }
+    let mut publisher = relay(&db.pool, fast_relays());
+    publisher.rebalance().await.unwrap();
+    publisher.drain().await.unwrap();
+
+    // Two records in flight per partition forces a pause and a rewind every few records.
+    let group = unique("lanes");
+    let kafka: KafkaConsumer = consumer_config(&brokers(), &group, "lanes")
+        .create_with_context(LoggingContext)
+        .unwrap();
+    let mut settings = ConsumerSettings::new(&group, vec![topic.clone()], format!("{topic}.dlq"));
+    settings.max_in_flight_per_partition = 2;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer::run(
+        kafka,
+        db.pool.clone(),
+        Slow {
+            handled: handled.clone(),
+        },
+        settings,
+        shutdown.clone(),
+    ));
+    let started = Instant::now();
+    while handled.load(Ordering::SeqCst) < AGGREGATES * PER_AGGREGATE {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} of {} handled",
+            handled.load(Ordering::SeqCst),
+            AGGREGATES * PER_AGGREGATE
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    let stats = running.await.unwrap().unwrap();
+    assert!(
+        stats.pauses.load(Ordering::Relaxed) > 0,
+        "a two-record lane must have paused its partition"
+    );
+
+    let arrivals: Vec<(i32, i64, String)> =
+        sqlx::query_as(r#"SELECT partition, "offset", payload FROM arrivals ORDER BY n"#)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        arrivals.len(),
+        AGGREGATES * PER_AGGREGATE,
+        "each record exactly once"
+    );
+    // Within a partition, records were handled in offset order.
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for (partition, offset, _) in &arrivals {
+        let previous = last.insert(*partition, *offset);
+        assert!(
+            previous.is_none_or(|p| p < *offset),
+            "partition {partition} went back from {previous:?} to {offset}"
+        );
+    }
+    let payloads: Vec<String> = arrivals.into_iter().map(|(_, _, p)| p).collect();
+    assert_in_order(&payloads, AGGREGATES, PER_AGGREGATE);
+    db.drop_now().await;
+}
