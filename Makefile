@@ -10,7 +10,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/faultline/target
 CARGO ?= cargo
 
-.PHONY: demo test down deps build lint status
+.PHONY: demo test down deps build lint status bench-outbox
 
 ## demo: start Postgres, Redis, the broker and the services; place three orders
 demo: deps build
@@ -43,3 +43,7 @@ lint:
 
 status:
 	scripts/deps.sh status
+
+## bench-outbox: relay throughput (vs the seed's naive worker and raw rdkafka) and latency
+bench-outbox: deps
+	$(CARGO) bench -p faultline-outbox --bench relay
