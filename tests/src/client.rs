@@ -32,6 +32,10 @@ pub struct Answer {
     pub content_type: String,
     /// `Location` header, if any.
     pub location: Option<String>,
+    /// `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// `Idempotent-Replayed` header, if any.
+    pub replayed: Option<String>,
     /// Parsed body.
     pub body: Value,
 }
@@ -114,11 +118,13 @@ impl Client {
             .products)
     }
 
-    /// Sends `body` to `POST /v1/orders` as it is, with `content_type` if given.
-    pub async fn post_order_raw(
+    /// Sends `body` to `POST /v1/orders` as it is, with `content_type` and an
+    /// `Idempotency-Key` if given.
+    pub async fn post_order(
         &self,
         body: impl Into<reqwest::Body>,
         content_type: Option<&str>,
+        idempotency_key: Option<&str>,
     ) -> anyhow::Result<Answer> {
         let mut request = self
             .http
@@ -127,7 +133,26 @@ impl Client {
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
         answer(request.send().await?).await
+    }
+
+    /// Sends a JSON body with a fresh `Idempotency-Key`, as a client placing a new order does.
+    pub async fn post_order_json(&self, body: &Value) -> anyhow::Result<Answer> {
+        let key = Uuid::new_v4().to_string();
+        self.post_order(body.to_string(), Some("application/json"), Some(&key))
+            .await
+    }
+
+    /// The body of an order for `customer` with `items`.
+    pub fn order_body(customer: &str, items: &[(&str, i64)]) -> Value {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(sku, quantity)| json!({ "sku": sku, "quantity": quantity }))
+            .collect();
+        json!({ "customer_id": customer, "items": items })
     }
 
     /// `GET` of `path` on checkout.
@@ -141,14 +166,12 @@ impl Client {
         .await
     }
 
-    /// Places an order and returns its id; fails unless checkout answers 202.
+    /// Places an order (with a fresh `Idempotency-Key`) and returns its id; fails unless
+    /// checkout answers 202.
     pub async fn place_order(&self, customer: &str, items: &[(&str, i64)]) -> anyhow::Result<Uuid> {
-        let items: Vec<Value> = items
-            .iter()
-            .map(|(sku, quantity)| json!({ "sku": sku, "quantity": quantity }))
-            .collect();
-        let body = json!({ "customer_id": customer, "items": items }).to_string();
-        let answer = self.post_order_raw(body, Some("application/json")).await?;
+        let answer = self
+            .post_order_json(&Self::order_body(customer, items))
+            .await?;
         if answer.status != StatusCode::ACCEPTED {
             bail!("order refused with {}: {}", answer.status, answer.body);
         }
@@ -194,12 +217,16 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<Answer> {
     };
     let content_type = header("content-type").unwrap_or_default();
     let location = header("location");
+    let retry_after = header("retry-after");
+    let replayed = header("idempotent-replayed");
     let bytes = response.bytes().await?;
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Ok(Answer {
         status,
         content_type,
         location,
+        retry_after,
+        replayed,
         body,
     })
 }

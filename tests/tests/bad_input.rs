@@ -43,37 +43,77 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     let client = &system.client;
     client.load_catalog(&CATALOG).await?;
     let json_type = Some("application/json");
+    let fresh = || Some(uuid::Uuid::new_v4().to_string());
+
+    let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": 1}]});
+    let answer = client.post_order(body.to_string(), json_type, None).await?;
+    assert_problem(&answer, StatusCode::BAD_REQUEST, "idempotency-key-missing");
+    let long_key = "k".repeat(256);
+    let answer = client
+        .post_order(body.to_string(), json_type, Some(&long_key))
+        .await?;
+    assert_problem(&answer, StatusCode::BAD_REQUEST, "idempotency-key-invalid");
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at most 255 characters")
+    );
+    let answer = client
+        .post_order(body.to_string(), json_type, Some("white space"))
+        .await?;
+    assert_problem(&answer, StatusCode::BAD_REQUEST, "idempotency-key-invalid");
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may only contain")
+    );
 
     let answer = client
-        .post_order_raw(r#"{"customer_id": "a", "items": ["#, json_type)
+        .post_order(
+            r#"{"customer_id": "a", "items": ["#,
+            json_type,
+            fresh().as_deref(),
+        )
         .await?;
     assert_problem(&answer, StatusCode::BAD_REQUEST, "malformed-json");
 
     let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": "two"}]});
-    let answer = client.post_order_raw(body.to_string(), json_type).await?;
+    let answer = client
+        .post_order(body.to_string(), json_type, fresh().as_deref())
+        .await?;
     assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(answer.body["detail"].as_str().unwrap().contains("quantity"));
 
     let body =
         json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": 1}], "coupon": "x"});
-    let answer = client.post_order_raw(body.to_string(), json_type).await?;
+    let answer = client
+        .post_order(body.to_string(), json_type, fresh().as_deref())
+        .await?;
     assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(answer.body["detail"].as_str().unwrap().contains("coupon"));
 
     let body = json!({"customer_id": "a", "items": []});
-    let answer = client.post_order_raw(body.to_string(), json_type).await?;
+    let answer = client
+        .post_order(body.to_string(), json_type, fresh().as_deref())
+        .await?;
     assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order");
     assert_eq!(answer.body["errors"][0]["field"], "items");
 
     for quantity in [0, -3] {
         let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": quantity}]});
-        let answer = client.post_order_raw(body.to_string(), json_type).await?;
+        let answer = client
+            .post_order(body.to_string(), json_type, fresh().as_deref())
+            .await?;
         assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order");
         assert_eq!(answer.body["errors"][0]["field"], "items[0].quantity");
     }
 
     let body = json!({"customer_id": "a", "items": [{"sku": "NOPE-99", "quantity": 1}]});
-    let answer = client.post_order_raw(body.to_string(), json_type).await?;
+    let answer = client
+        .post_order(body.to_string(), json_type, fresh().as_deref())
+        .await?;
     assert_problem(
         &answer,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -85,11 +125,15 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
         r#"{{"customer_id": "{}", "items": [{{"sku": "LAMP-01", "quantity": 1}}]}}"#,
         "x".repeat(200_000)
     );
-    let answer = client.post_order_raw(huge, json_type).await?;
+    let answer = client
+        .post_order(huge, json_type, fresh().as_deref())
+        .await?;
     assert_problem(&answer, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
 
     let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": 1}]});
-    let answer = client.post_order_raw(body.to_string(), None).await?;
+    let answer = client
+        .post_order(body.to_string(), None, fresh().as_deref())
+        .await?;
     assert_problem(
         &answer,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -113,7 +157,13 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
 
     // Not one of those requests left a trace.
     let checkout = system.database(Service::Checkout).await?;
-    for table in ["orders", "order_items", "order_sagas", "outbox"] {
+    for table in [
+        "orders",
+        "order_items",
+        "order_sagas",
+        "outbox",
+        "idempotency_keys",
+    ] {
         let rows: i64 =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
                 .fetch_one(&checkout)

@@ -8,12 +8,14 @@
 //! | `GET /v1/orders/{id}`   | 200 with the order                |
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use faultline_idempotency::layer::{IdempotencyLayer, IdempotencyLease, stored_response};
+use faultline_idempotency::{LeaseError, Store};
 use problem_details::ProblemDetails;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -36,10 +38,12 @@ pub struct AppState {
     pub orchestrator: Orchestrator,
 }
 
-/// The API's routes, with bodies limited to `max_body_bytes`.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The API's routes, with bodies limited to `max_body_bytes`. Placing an order requires an
+/// `Idempotency-Key`, kept in `idempotency`.
+pub fn router(state: AppState, idempotency: Store, max_body_bytes: usize) -> Router {
+    let keyed = IdempotencyLayer::new(idempotency).required();
     Router::new()
-        .route("/v1/orders", post(place_order))
+        .route("/v1/orders", post(place_order).layer(keyed))
         .route("/v1/orders/{id}", get(get_order))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -140,6 +144,7 @@ impl From<Order> for OrderView {
 
 async fn place_order(
     State(state): State<AppState>,
+    lease: Option<Extension<IdempotencyLease>>,
     body: Result<Json<PlaceOrderBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
@@ -154,17 +159,34 @@ async fn place_order(
             })
             .collect(),
     };
-    let order_id = orders::place(&state.pool, &state.catalog, &state.orchestrator, request).await?;
-    let location =
-        HeaderValue::from_str(&format!("/v1/orders/{order_id}")).map_err(|_| ApiError::Internal)?;
-    let body = Accepted {
-        order_id,
+    let mut pending =
+        orders::place(&state.pool, &state.catalog, &state.orchestrator, request).await?;
+    let location = format!("/v1/orders/{}", pending.id);
+    let body = serde_json::to_vec(&Accepted {
+        order_id: pending.id,
         status: "PENDING",
-    };
+    })
+    .map_err(|_| ApiError::Internal)?;
+    // The answer a retry with the same Idempotency-Key gets, stored with the order.
+    if let Some(Extension(lease)) = lease {
+        let stored = stored_response(
+            StatusCode::ACCEPTED,
+            &[
+                (header::CONTENT_TYPE, "application/json"),
+                (header::LOCATION, &location),
+            ],
+            &body,
+        );
+        lease.complete(pending.transaction(), &stored).await?;
+    }
+    pending.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(body),
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::LOCATION, location),
+        ],
+        body,
     )
         .into_response())
 }
@@ -198,6 +220,8 @@ pub enum ApiError {
     RouteNotFound,
     /// The route exists, the method does not.
     MethodNotAllowed,
+    /// This request's Idempotency-Key was taken over by a retry while it ran too long.
+    KeyTakenOver,
     /// A dependency (inventory, the database) is unavailable; retry later.
     Unavailable(String),
     /// A bug; details are in the logs.
@@ -221,6 +245,16 @@ impl From<sqlx::Error> for ApiError {
                 tracing::error!(%error, "database error");
                 Self::Internal
             }
+        }
+    }
+}
+
+impl From<LeaseError> for ApiError {
+    fn from(error: LeaseError) -> Self {
+        match error {
+            // Our lease ran out and another request took the key over; it will answer.
+            LeaseError::Lost => Self::KeyTakenOver,
+            LeaseError::Database(error) => error.into(),
         }
     }
 }
@@ -358,6 +392,14 @@ impl ApiError {
                 "Method not allowed",
                 "the resource does not support this method".into(),
             ),
+            Self::KeyTakenOver => Problem::new(
+                S::CONFLICT,
+                "idempotency-key-in-flight",
+                "Request in progress",
+                "this request took longer than its Idempotency-Key lease and a retry took over; \
+                 retry to get that request's result"
+                    .into(),
+            ),
             Self::Unavailable(detail) => Problem::new(
                 S::SERVICE_UNAVAILABLE,
                 "dependency-unavailable",
@@ -387,7 +429,7 @@ impl IntoResponse for ApiError {
             details = details.with_type(uri);
         }
         let mut response = details.into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::CONFLICT {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

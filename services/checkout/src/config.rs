@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use faultline_idempotency::IdempotencyConfig;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings,
 };
@@ -31,6 +32,10 @@ pub struct Config {
     pub inventory: InventoryClientSettings,
     /// Saga deadlines.
     pub saga: SagaSettings,
+    /// `Idempotency-Key` handling for `POST /v1/orders`. Defaults: keys live 24 h, an
+    /// in-flight request holds its key 10 s, a duplicate is told to retry after 1 s, expired
+    /// keys are reaped every 60 s. The body limit is `max_body_bytes` above.
+    pub idempotency: IdempotencyConfig,
 }
 
 /// The gRPC client for inventory.
@@ -84,6 +89,7 @@ impl Default for Config {
                 max_attempts: 3,
                 sweep_interval_ms: 1_000,
             },
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -122,6 +128,9 @@ impl Config {
                 ));
             }
         }
+        self.idempotency
+            .validate(&format!("{PREFIX}_IDEMPOTENCY"))
+            .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_IDEMPOTENCY"), reason))?;
         if !self.inventory.url.starts_with("http://") && !self.inventory.url.starts_with("https://")
         {
             return Err(ConfigError::invalid(

@@ -1,6 +1,7 @@
 //! Checkout: the public order API and the orchestrator of the order saga.
 //!
-//! - [`api`]: `POST /v1/orders` and `GET /v1/orders/{id}` (axum).
+//! - [`api`]: `POST /v1/orders` (with a required `Idempotency-Key`) and
+//!   `GET /v1/orders/{id}` (axum).
 //! - [`orders`]: placing (validate, price, store, start the saga) and reading orders.
 //! - [`catalog`]: product lookups against inventory over gRPC.
 //! - [`saga`]: the saga as a pure state machine; [`orchestrator`] runs it against the
@@ -21,6 +22,7 @@ pub use config::{Config, InventoryClientSettings, PREFIX, SagaSettings};
 use std::time::Duration;
 
 use anyhow::Context;
+use faultline_idempotency::{IdempotencyConfig, Store};
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
@@ -41,6 +43,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("preparing the checkout database")?;
     let pool = life.pool.clone();
+    faultline_idempotency::migrate(&pool)
+        .await
+        .context("preparing the idempotency table")?;
+    let idempotency = Store::new(
+        pool.clone(),
+        IdempotencyConfig {
+            max_body_bytes: config.max_body_bytes,
+            ..config.idempotency.clone()
+        },
+    );
+    let reaper = tokio::spawn(faultline_idempotency::reaper::run(
+        pool.clone(),
+        Duration::from_secs(config.idempotency.reap_interval_secs),
+        shutdown.clone(),
+    ));
 
     let kafka = &config.kafka;
     let orchestrator = Orchestrator::new(
@@ -83,7 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
-    let app = api::router(state, config.max_body_bytes);
+    let app = api::router(state, idempotency, config.max_body_bytes);
     life.started();
     tracing::info!(listen = %config.http_listen, "checkout is serving HTTP");
     let drain = shutdown.clone();
@@ -91,8 +108,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_graceful_shutdown(async move { drain.cancelled().await })
         .await;
 
-    if let Err(error) = sweeper.await {
-        tracing::error!(%error, "deadline sweeper panicked");
+    for (name, task) in [
+        ("deadline sweeper", sweeper),
+        ("idempotency reaper", reaper),
+    ] {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "{name} panicked");
+        }
     }
     life.end(messaging).await;
     served.context("HTTP server failed")?;

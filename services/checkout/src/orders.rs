@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use faultline_proto::contract::validate_sku;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, CatalogError};
@@ -138,13 +138,37 @@ struct PricedLine {
     unit_price_minor: i64,
 }
 
-/// Validates, prices and stores `order`, and starts its saga. Returns the new order's id.
+/// An order written in a transaction that is not committed yet, so the caller can add what
+/// must commit with it (the idempotency record of the request that placed it).
+#[derive(Debug)]
+pub struct PendingOrder {
+    /// The new order's id.
+    pub id: Uuid,
+    tx: Transaction<'static, Postgres>,
+}
+
+impl PendingOrder {
+    /// The open transaction, to write more in it.
+    pub fn transaction(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Commits the order, its saga and whatever else was written; returns the order's id.
+    pub async fn commit(self) -> Result<Uuid, sqlx::Error> {
+        self.tx.commit().await?;
+        tracing::info!(order_id = %self.id, "order placed");
+        Ok(self.id)
+    }
+}
+
+/// Validates, prices and writes `order` and starts its saga, in one transaction that the
+/// caller commits ([`PendingOrder::commit`]). Dropping the result rolls everything back.
 pub async fn place<C: Catalog>(
     pool: &PgPool,
     catalog: &C,
     orchestrator: &Orchestrator,
     order: PlaceOrder,
-) -> Result<Uuid, PlaceOrderError> {
+) -> Result<PendingOrder, PlaceOrderError> {
     validate(&order).map_err(PlaceOrderError::Invalid)?;
     let skus: Vec<String> = order.lines.iter().map(|l| l.sku.clone()).collect();
     let lookup = catalog.lookup(&skus).await?;
@@ -222,9 +246,7 @@ pub async fn place<C: Catalog>(
         currency: currency.clone(),
     };
     orchestrator.start(&mut tx, order_id, &facts).await?;
-    tx.commit().await?;
-    tracing::info!(%order_id, total, %currency, "order placed");
-    Ok(order_id)
+    Ok(PendingOrder { id: order_id, tx })
 }
 
 /// An order as stored.
