@@ -33,12 +33,29 @@ async fn authorize_is_idempotent_per_key_and_refuses_misuse() -> anyhow::Result<
     let client = PaymentsServiceClient::new(channel(&system.payments_url).await?);
     let order = Uuid::now_v7();
 
-    // Twenty concurrent retries of one request: one payment, twenty identical answers.
+    // Twenty concurrent retries of one request: one payment, twenty identical answers. A
+    // duplicate arriving while the first is in flight is told ABORTED with a pushback hint,
+    // and retries as gRPC clients do.
     let mut calls = Vec::new();
     for _ in 0..20 {
         let mut client = client.clone();
         let request = authorize("key-1", order, 1_000);
-        calls.push(tokio::spawn(async move { client.authorize(request).await }));
+        calls.push(tokio::spawn(async move {
+            loop {
+                match client.authorize(request.clone()).await {
+                    Err(status) if status.code() == Code::Aborted => {
+                        let pushback: u64 = status
+                            .metadata()
+                            .get("grpc-retry-pushback-ms")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(100);
+                        tokio::time::sleep(std::time::Duration::from_millis(pushback)).await;
+                    }
+                    other => return other,
+                }
+            }
+        }));
     }
     let mut answers = Vec::new();
     for call in calls {

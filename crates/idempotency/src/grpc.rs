@@ -23,7 +23,8 @@ pub enum GrpcClaim<R> {
     Owned(Lease),
 }
 
-/// Claims `key` for `caller` and `request`; see the module docs for the status codes.
+/// Claims `key` for `caller` and `request`, fingerprinting the encoded request; see the
+/// module docs for the status codes.
 pub async fn claim<Req, Res>(
     store: &Store,
     caller: &str,
@@ -34,10 +35,25 @@ where
     Req: Message,
     Res: Message + Default,
 {
-    let key = IdempotencyKey::parse(key)
-        .map_err(|e| Status::invalid_argument(format!("idempotency_key: {e}")))?;
     let encoded = request.encode_to_vec();
     let fingerprint = Fingerprint::of(&[b"grpc", caller.as_bytes(), &encoded]);
+    claim_with(store, caller, key, fingerprint).await
+}
+
+/// Like [`claim`] with a fingerprint the service computes itself, for operations that
+/// arrive through more than one door (gRPC and a message queue, say) and must count as the
+/// same request whatever the envelope.
+pub async fn claim_with<Res>(
+    store: &Store,
+    caller: &str,
+    key: &str,
+    fingerprint: Fingerprint,
+) -> Result<GrpcClaim<Res>, Status>
+where
+    Res: Message + Default,
+{
+    let key = IdempotencyKey::parse(key)
+        .map_err(|e| Status::invalid_argument(format!("idempotency_key: {e}")))?;
     match store.claim(caller, &key, fingerprint).await {
         Err(error) => {
             tracing::warn!(%error, "idempotency store unavailable");

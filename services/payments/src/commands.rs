@@ -9,6 +9,14 @@ use faultline_proto::common::v1::Money;
 use faultline_proto::payments::v1 as pb;
 use sqlx::PgConnection;
 
+use faultline_idempotency::Store;
+use faultline_idempotency::grpc::stored;
+use faultline_idempotency::{Claim, IdempotencyKey};
+use prost::Message;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::grpc::{KEY_SCOPE, authorize_response};
 use crate::payments::{self, Authorization, AuthorizeRequest, PaymentError};
 use crate::provider::PaymentProvider;
 
@@ -22,6 +30,10 @@ pub struct CommandHandler<P> {
     pub events_topic: String,
     /// The payment provider.
     pub provider: Arc<P>,
+    /// Payments' database, for the authorization phase that commits on its own.
+    pub pool: PgPool,
+    /// Idempotency keys, shared with the gRPC door.
+    pub keys: Store,
 }
 
 impl From<PaymentError> for HandlerError {
@@ -29,9 +41,79 @@ impl From<PaymentError> for HandlerError {
         match error {
             PaymentError::Database(error) => HandlerError::Database(error),
             PaymentError::Provider(error) => HandlerError::Transient(error.to_string()),
+            PaymentError::InProgress(_) | PaymentError::KeyTakenOver => {
+                HandlerError::Transient(error.to_string())
+            }
             refused => HandlerError::Permanent(refused.to_string()),
         }
     }
+}
+
+impl<P: PaymentProvider> CommandHandler<P> {
+    /// The Kafka door into [`payments::authorize`]: same key scope and fingerprint as gRPC,
+    /// final phase in the inbox transaction `tx`.
+    async fn authorize(
+        &self,
+        tx: &mut PgConnection,
+        request: &AuthorizeRequest,
+    ) -> Result<Authorization, HandlerError> {
+        let key = IdempotencyKey::parse(&request.idempotency_key)
+            .map_err(|e| HandlerError::Permanent(format!("idempotency_key: {e}")))?;
+        let mut lease = match self
+            .keys
+            .claim(KEY_SCOPE, &key, request.fingerprint())
+            .await?
+        {
+            Claim::Owned(lease) => lease,
+            Claim::Completed(stored) => {
+                let response =
+                    pb::AuthorizeResponse::decode(stored.body.as_slice()).map_err(|e| {
+                        HandlerError::Permanent(format!("stored reply unreadable: {e}"))
+                    })?;
+                return authorization_from(&response);
+            }
+            Claim::InFlight { .. } => {
+                return Err(HandlerError::Transient(
+                    "the same authorization is in progress elsewhere".into(),
+                ));
+            }
+            Claim::Mismatch => {
+                return Err(HandlerError::Permanent(format!(
+                    "idempotency key {:?} was used for a different authorization",
+                    request.idempotency_key
+                )));
+            }
+        };
+        match payments::authorize(&self.pool, self.provider.as_ref(), &mut lease, request, tx).await
+        {
+            Ok(authorization) => {
+                lease
+                    .complete(tx, &stored(&authorize_response(&authorization)))
+                    .await
+                    .map_err(PaymentError::from)?;
+                Ok(authorization)
+            }
+            Err(error) => {
+                if let Err(release) = lease.release(&self.pool).await {
+                    tracing::warn!(%release, "could not release the idempotency key");
+                }
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// Reads a stored reply back into the domain's answer.
+fn authorization_from(response: &pb::AuthorizeResponse) -> Result<Authorization, HandlerError> {
+    let payment_id = Uuid::parse_str(&response.payment_id)
+        .map_err(|_| HandlerError::Permanent("stored reply has no payment id".into()))?;
+    Ok(match response.status() {
+        pb::AuthorizationStatus::Declined => Authorization::Declined {
+            payment_id,
+            reason: response.decline_reason.clone(),
+        },
+        _ => Authorization::Authorized { payment_id },
+    })
 }
 
 impl<P: PaymentProvider> Handler for CommandHandler<P> {
@@ -53,7 +135,8 @@ impl<P: PaymentProvider> Handler for CommandHandler<P> {
                 currency: amount.currency,
             };
             request.validate().map_err(HandlerError::Permanent)?;
-            match payments::authorize(tx, self.provider.as_ref(), &request).await? {
+            let authorization = self.authorize(tx, &request).await?;
+            match authorization {
                 Authorization::Authorized { payment_id } => {
                     let event = pb::PaymentAuthorized {
                         order_id: order,

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use faultline_idempotency::IdempotencyConfig;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings,
 };
@@ -26,6 +27,9 @@ pub struct Config {
     pub kafka: KafkaSettings,
     /// The simulated payment provider.
     pub provider: ProviderSettings,
+    /// Idempotency keys of `Authorize` (gRPC and Kafka share them). Defaults: keys live
+    /// 24 h, an authorization in flight holds its key 10 s.
+    pub idempotency: IdempotencyConfig,
 }
 
 /// How the simulated payment provider decides.
@@ -49,6 +53,7 @@ impl Default for Config {
             provider: ProviderSettings {
                 decline_above_minor: 50_000,
             },
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -59,6 +64,10 @@ impl Config {
         let config: Self = config::load(PREFIX)?;
         config.database.validate(PREFIX)?;
         config.kafka.validate(PREFIX)?;
+        config
+            .idempotency
+            .validate(&format!("{PREFIX}_IDEMPOTENCY"))
+            .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_IDEMPOTENCY"), reason))?;
         if config.provider.decline_above_minor < 0 {
             return Err(ConfigError::invalid(
                 format!("{PREFIX}_PROVIDER__DECLINE_ABOVE_MINOR"),

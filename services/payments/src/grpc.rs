@@ -9,20 +9,48 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use faultline_idempotency::Store;
+use faultline_idempotency::grpc::{self, GrpcClaim};
+
 use crate::payments::{self, Authorization, AuthorizeRequest, PaymentError};
 use crate::provider::PaymentProvider;
+
+/// Scope of payments' idempotency keys. Keys are shared by every door into payments (gRPC
+/// and the saga's Kafka command), so one key never authorizes twice whichever way it comes.
+pub const KEY_SCOPE: &str = "payments";
 
 /// Serves `Authorize` with the same domain function the Kafka command uses.
 #[derive(Debug)]
 pub struct PaymentsGrpc<P> {
     pool: PgPool,
     provider: Arc<P>,
+    keys: Store,
 }
 
 impl<P> PaymentsGrpc<P> {
-    /// A service writing to `pool` and asking `provider`.
-    pub fn new(pool: PgPool, provider: Arc<P>) -> Self {
-        Self { pool, provider }
+    /// A service writing to `pool`, asking `provider`, and keeping idempotency keys in `keys`.
+    pub fn new(pool: PgPool, provider: Arc<P>, keys: Store) -> Self {
+        Self {
+            pool,
+            provider,
+            keys,
+        }
+    }
+}
+
+/// The reply to an authorization, as gRPC sends it and as the key stores it for replay.
+pub fn authorize_response(authorization: &Authorization) -> pb::AuthorizeResponse {
+    match authorization {
+        Authorization::Authorized { payment_id } => pb::AuthorizeResponse {
+            payment_id: payment_id.to_string(),
+            status: pb::AuthorizationStatus::Authorized.into(),
+            decline_reason: String::new(),
+        },
+        Authorization::Declined { payment_id, reason } => pb::AuthorizeResponse {
+            payment_id: payment_id.to_string(),
+            status: pb::AuthorizationStatus::Declined.into(),
+            decline_reason: reason.clone(),
+        },
     }
 }
 
@@ -33,6 +61,13 @@ pub fn payment_status(error: &PaymentError) -> Status {
         PaymentError::OrderAlreadyPaid(_) => Status::already_exists(error.to_string()),
         PaymentError::NotCapturable { .. } | PaymentError::AlreadyCaptured(_) => {
             Status::failed_precondition(error.to_string())
+        }
+        PaymentError::InProgress(_) | PaymentError::KeyTakenOver => {
+            Status::aborted(format!("{error}; retry"))
+        }
+        PaymentError::Corrupt(_) => {
+            tracing::error!(%error, "payment state is inconsistent");
+            Status::internal("internal error")
         }
         PaymentError::Provider(_) => Status::unavailable(error.to_string()),
         PaymentError::Database(db) => database_status(db),
@@ -60,24 +95,46 @@ impl<P: PaymentProvider + 'static> PaymentsService for PaymentsGrpc<P> {
         };
         request.validate().map_err(Status::invalid_argument)?;
 
-        let mut tx = self.pool.begin().await.map_err(|e| database_status(&e))?;
-        let authorization = payments::authorize(&mut tx, self.provider.as_ref(), &request)
-            .await
-            .map_err(|e| payment_status(&e))?;
-        tx.commit().await.map_err(|e| database_status(&e))?;
-
-        let response = match authorization {
-            Authorization::Authorized { payment_id } => pb::AuthorizeResponse {
-                payment_id: payment_id.to_string(),
-                status: pb::AuthorizationStatus::Authorized.into(),
-                decline_reason: String::new(),
-            },
-            Authorization::Declined { payment_id, reason } => pb::AuthorizeResponse {
-                payment_id: payment_id.to_string(),
-                status: pb::AuthorizationStatus::Declined.into(),
-                decline_reason: reason,
-            },
+        let claim = grpc::claim_with::<pb::AuthorizeResponse>(
+            &self.keys,
+            KEY_SCOPE,
+            &request.idempotency_key,
+            request.fingerprint(),
+        )
+        .await?;
+        let mut lease = match claim {
+            GrpcClaim::Replay(response) => return Ok(Response::new(response)),
+            GrpcClaim::Owned(lease) => lease,
         };
+        let outcome = async {
+            let mut tx = self.pool.begin().await?;
+            let authorization = payments::authorize(
+                &self.pool,
+                self.provider.as_ref(),
+                &mut lease,
+                &request,
+                &mut tx,
+            )
+            .await?;
+            Ok::<_, PaymentError>((tx, authorize_response(&authorization)))
+        }
+        .await;
+        let (mut tx, response) = match outcome {
+            Ok(done) => done,
+            Err(error) => {
+                // Gives the key back unless a phase already committed; then it resumes on
+                // retry once its lease runs out.
+                if let Err(release) = lease.release(&self.pool).await {
+                    tracing::warn!(%release, "could not release the idempotency key");
+                }
+                return Err(payment_status(&error));
+            }
+        };
+        lease
+            .complete(&mut tx, &grpc::stored(&response))
+            .await
+            .map_err(|e| payment_status(&e.into()))?;
+        tx.commit().await.map_err(|e| database_status(&e))?;
         Ok(Response::new(response))
     }
 }

@@ -16,8 +16,10 @@ pub mod provider;
 pub use config::{Config, PREFIX, ProviderSettings};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use faultline_idempotency::Store;
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
@@ -39,6 +41,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("preparing the payments database")?;
 
+    faultline_idempotency::migrate(&life.pool)
+        .await
+        .context("preparing the idempotency table")?;
+    let keys = Store::new(life.pool.clone(), config.idempotency.clone());
+    let reaper = tokio::spawn(faultline_idempotency::reaper::run(
+        life.pool.clone(),
+        Duration::from_secs(config.idempotency.reap_interval_secs),
+        shutdown.clone(),
+    ));
     let provider = Arc::new(SimulatedProvider::new(config.provider.decline_above_minor));
     let wiring = Wiring {
         service: "payments",
@@ -48,6 +59,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let handler = CommandHandler {
         events_topic: config.kafka.topic(topics::PAYMENTS_EVENTS),
         provider: provider.clone(),
+        pool: life.pool.clone(),
+        keys: keys.clone(),
     };
     let messaging = Messaging::start(&life.pool, &config.kafka, wiring, handler, &shutdown)
         .await
@@ -64,12 +77,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(PaymentsServiceServer::new(PaymentsGrpc::new(
             life.pool.clone(),
             provider,
+            keys,
         )))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
 
     life.started();
     tracing::info!(listen = %config.grpc_listen, "payments is serving gRPC");
     let served = grpc.await;
+    if let Err(error) = reaper.await {
+        tracing::error!(%error, "idempotency reaper panicked");
+    }
     life.end(messaging).await;
     served.context("gRPC server failed")?;
     tracing::info!("payments stopped");

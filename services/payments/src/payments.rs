@@ -4,8 +4,9 @@
 //! gRPC `Authorize` and the Kafka `AuthorizePayment` command both end in [`authorize`], and
 //! every function runs inside the caller's transaction.
 
+use faultline_idempotency::{Fingerprint, Lease, LeaseError, STARTED};
 use faultline_proto::contract::validate_currency;
-use sqlx::{FromRow, PgConnection};
+use sqlx::{FromRow, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::provider::{PaymentProvider, ProviderDecision, ProviderError, ProviderRequest};
@@ -98,6 +99,15 @@ pub enum PaymentError {
     /// Captured money is refunded, not voided.
     #[error("payment of order {0} is captured and cannot be voided")]
     AlreadyCaptured(Uuid),
+    /// An authorization for the order has not finished yet (it resumes on retry).
+    #[error("the authorization of order {0} is still in progress")]
+    InProgress(Uuid),
+    /// Another request took the idempotency key over after this one's lease ran out.
+    #[error("the idempotency key was taken over by another request")]
+    KeyTakenOver,
+    /// Stored state contradicts itself; a bug or a manual edit.
+    #[error("inconsistent payment state: {0}")]
+    Corrupt(String),
     /// The provider could not be reached.
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -117,6 +127,15 @@ struct Payment {
     decline_reason: Option<String>,
 }
 
+impl From<LeaseError> for PaymentError {
+    fn from(error: LeaseError) -> Self {
+        match error {
+            LeaseError::Lost => PaymentError::KeyTakenOver,
+            LeaseError::Database(error) => PaymentError::Database(error),
+        }
+    }
+}
+
 impl Payment {
     /// The stored answer for a repeated request, if it is the same request.
     fn replay(self, request: &AuthorizeRequest) -> Result<Authorization, PaymentError> {
@@ -127,15 +146,16 @@ impl Payment {
         if !same {
             return Err(PaymentError::KeyReused(request.idempotency_key.clone()));
         }
-        Ok(match self.decline_reason {
-            Some(reason) if self.status == "declined" => Authorization::Declined {
+        match (self.status.as_str(), self.decline_reason) {
+            ("pending", _) => Err(PaymentError::InProgress(self.order_id)),
+            ("declined", reason) => Ok(Authorization::Declined {
                 payment_id: self.id,
-                reason,
-            },
-            _ => Authorization::Authorized {
+                reason: reason.unwrap_or_default(),
+            }),
+            _ => Ok(Authorization::Authorized {
                 payment_id: self.id,
-            },
-        })
+            }),
+        }
     }
 }
 
@@ -162,16 +182,78 @@ async fn by_order_for_update(
     .await
 }
 
-/// Authorizes `request` (already validated) through `provider`, at most once per key and
-/// per order.
-pub async fn authorize<P: PaymentProvider>(
-    conn: &mut PgConnection,
-    provider: &P,
-    request: &AuthorizeRequest,
-) -> Result<Authorization, PaymentError> {
-    if let Some(existing) = by_key(conn, &request.idempotency_key).await? {
-        return existing.replay(request);
+/// Recovery point once the pending payment row is committed.
+pub const PAYMENT_CREATED: &str = "payment_created";
+
+impl AuthorizeRequest {
+    /// What makes two authorization requests the same request, whichever door (gRPC or a
+    /// Kafka command) they came through.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&[
+            b"authorize",
+            self.order_id.as_bytes(),
+            self.customer_id.as_bytes(),
+            &self.amount_minor.to_be_bytes(),
+            self.currency.as_bytes(),
+        ])
     }
+}
+
+/// Authorizes `request` (already validated) through `provider`, at most once per key and
+/// per order, in recovery points, because the provider call in the middle cannot be rolled
+/// back:
+///
+/// 1. `started` → a `pending` payment row is committed with the key's checkpoint
+///    `payment_created`;
+/// 2. the provider is asked, with the idempotency key, so asking again after a crash returns
+///    the same answer and never holds funds twice;
+/// 3. the decision is recorded on `finish`, the caller's final transaction, in which the
+///    caller also stores the reply ([`Lease::complete`]) and, for Kafka, the inbox row and
+///    the reply event.
+///
+/// A retry after a crash in step 2 or 3 takes the key over at `payment_created` and resumes
+/// at step 2.
+pub async fn authorize<P: PaymentProvider>(
+    pool: &PgPool,
+    provider: &P,
+    lease: &mut Lease,
+    request: &AuthorizeRequest,
+    finish: &mut PgConnection,
+) -> Result<Authorization, PaymentError> {
+    let payment_id = match lease.recovery_point() {
+        STARTED => {
+            let mut tx = pool.begin().await?;
+            let pending = create_pending(&mut tx, request).await?;
+            let payment_id = match pending {
+                Pending::Created(id) => id,
+                // Decided under this key before the key itself was forgotten (expired).
+                Pending::Decided(existing) => return existing.replay(request),
+            };
+            lease.checkpoint(&mut tx, PAYMENT_CREATED).await?;
+            tx.commit().await?;
+            payment_id
+        }
+        PAYMENT_CREATED => {
+            let existing = by_key(&mut *finish, &request.idempotency_key)
+                .await?
+                .ok_or_else(|| {
+                    PaymentError::Corrupt(format!(
+                        "key {:?} is at {PAYMENT_CREATED} but has no payment",
+                        request.idempotency_key
+                    ))
+                })?;
+            if existing.status != "pending" {
+                return existing.replay(request);
+            }
+            existing.id
+        }
+        other => {
+            return Err(PaymentError::Corrupt(format!(
+                "unknown recovery point {other:?} for key {:?}",
+                request.idempotency_key
+            )));
+        }
+    };
 
     let decision = provider
         .authorize(ProviderRequest {
@@ -180,17 +262,27 @@ pub async fn authorize<P: PaymentProvider>(
             currency: &request.currency,
         })
         .await?;
+    record_decision(finish, payment_id, &decision).await?;
+    Ok(match decision {
+        ProviderDecision::Approved { .. } => Authorization::Authorized { payment_id },
+        ProviderDecision::Declined { reason } => Authorization::Declined { payment_id, reason },
+    })
+}
+
+enum Pending {
+    Created(Uuid),
+    Decided(Payment),
+}
+
+async fn create_pending(
+    conn: &mut PgConnection,
+    request: &AuthorizeRequest,
+) -> Result<Pending, PaymentError> {
     let payment_id = Uuid::now_v7();
-    let (status, reason, reference) = match &decision {
-        ProviderDecision::Approved { reference } => ("authorized", None, Some(reference.as_str())),
-        ProviderDecision::Declined { reason } => ("declined", Some(reason.as_str()), None),
-    };
-    // A concurrent request with the same key or order may have inserted meanwhile; the
-    // conflict waits for it to commit, and the re-read below returns its answer.
     let inserted = sqlx::query(
         "INSERT INTO payments (id, order_id, idempotency_key, customer_id, amount_minor,
-                               currency, status, decline_reason, provider_reference)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                               currency, status)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending')
          ON CONFLICT DO NOTHING",
     )
     .bind(payment_id)
@@ -199,23 +291,40 @@ pub async fn authorize<P: PaymentProvider>(
     .bind(&request.customer_id)
     .bind(request.amount_minor)
     .bind(&request.currency)
-    .bind(status)
-    .bind(reason)
-    .bind(reference)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if inserted == 0 {
-        return match by_key(conn, &request.idempotency_key).await? {
-            Some(existing) => existing.replay(request),
-            None => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
-        };
+    if inserted == 1 {
+        return Ok(Pending::Created(payment_id));
     }
+    match by_key(conn, &request.idempotency_key).await? {
+        Some(existing) if existing.status == "pending" => Ok(Pending::Created(existing.id)),
+        Some(existing) => Ok(Pending::Decided(existing)),
+        None => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
+    }
+}
 
-    Ok(match decision {
-        ProviderDecision::Approved { .. } => Authorization::Authorized { payment_id },
-        ProviderDecision::Declined { reason } => Authorization::Declined { payment_id, reason },
-    })
+async fn record_decision(
+    conn: &mut PgConnection,
+    payment_id: Uuid,
+    decision: &ProviderDecision,
+) -> Result<(), sqlx::Error> {
+    let (status, reason, reference) = match decision {
+        ProviderDecision::Approved { reference } => ("authorized", None, Some(reference.as_str())),
+        ProviderDecision::Declined { reason } => ("declined", Some(reason.as_str()), None),
+    };
+    sqlx::query(
+        "UPDATE payments
+         SET status = $2, decline_reason = $3, provider_reference = $4, updated_at = now()
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(payment_id)
+    .bind(status)
+    .bind(reason)
+    .bind(reference)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Captures the order's authorized payment and books it in the ledger. Idempotent.
@@ -233,6 +342,7 @@ pub async fn capture(conn: &mut PgConnection, order_id: Uuid) -> Result<Capture,
     };
     match payment.status.as_str() {
         "captured" => Ok(capture),
+        "pending" => Err(PaymentError::InProgress(order_id)),
         "authorized" => {
             sqlx::query(
                 "UPDATE payments SET status = 'captured', updated_at = now() WHERE id = $1",

@@ -4,7 +4,10 @@
 //! retried call can never charge twice on the provider's side either. [`SimulatedProvider`]
 //! stands in for a real one with a documented, reproducible rule.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What is asked of the provider.
 #[derive(Debug, Clone, Copy)]
@@ -46,11 +49,24 @@ pub trait PaymentProvider: Send + Sync {
     ) -> impl Future<Output = Result<ProviderDecision, ProviderError>> + Send;
 }
 
+/// How many keys the simulated provider remembers, oldest forgotten first. Real providers
+/// keep keys for a day or so; this bounds the simulation's memory.
+const REMEMBERED_KEYS: usize = 100_000;
+
 /// A provider that approves every amount up to a limit and declines the rest, so both paths
-/// of the saga can be triggered on purpose.
-#[derive(Debug, Clone)]
+/// of the saga can be triggered on purpose. Like a real provider it answers a repeated
+/// idempotency key with its first answer, holding funds once.
+#[derive(Debug, Default)]
 pub struct SimulatedProvider {
     decline_above_minor: i64,
+    decisions: Mutex<Decisions>,
+    calls: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Decisions {
+    by_key: HashMap<String, ProviderDecision>,
+    order: VecDeque<String>,
 }
 
 impl SimulatedProvider {
@@ -58,6 +74,40 @@ impl SimulatedProvider {
     pub fn new(decline_above_minor: i64) -> Self {
         Self {
             decline_above_minor,
+            ..Self::default()
+        }
+    }
+
+    /// Authorization requests received, repeats included.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Distinct holds placed (approved authorizations under distinct keys).
+    pub fn holds(&self) -> usize {
+        self.decisions.lock().map_or(0, |d| {
+            d.by_key
+                .values()
+                .filter(|d| matches!(d, ProviderDecision::Approved { .. }))
+                .count()
+        })
+    }
+
+    fn decide(&self, request: ProviderRequest<'_>) -> ProviderDecision {
+        if request.amount_minor > self.decline_above_minor {
+            ProviderDecision::Declined {
+                reason: format!(
+                    "amount {} {} exceeds the card's limit of {} {}",
+                    two_decimals(request.amount_minor),
+                    request.currency,
+                    two_decimals(self.decline_above_minor),
+                    request.currency
+                ),
+            }
+        } else {
+            ProviderDecision::Approved {
+                reference: format!("sim-{}", request.idempotency_key),
+            }
         }
     }
 }
@@ -67,21 +117,24 @@ impl PaymentProvider for SimulatedProvider {
         &self,
         request: ProviderRequest<'_>,
     ) -> Result<ProviderDecision, ProviderError> {
-        if request.amount_minor > self.decline_above_minor {
-            Ok(ProviderDecision::Declined {
-                reason: format!(
-                    "amount {} {} exceeds the card's limit of {} {}",
-                    two_decimals(request.amount_minor),
-                    request.currency,
-                    two_decimals(self.decline_above_minor),
-                    request.currency
-                ),
-            })
-        } else {
-            Ok(ProviderDecision::Approved {
-                reference: format!("sim-{}", request.idempotency_key),
-            })
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut decisions = self
+            .decisions
+            .lock()
+            .map_err(|_| ProviderError("simulated provider state poisoned".into()))?;
+        if let Some(first) = decisions.by_key.get(request.idempotency_key) {
+            return Ok(first.clone());
         }
+        let decision = self.decide(request);
+        let key = request.idempotency_key.to_owned();
+        decisions.by_key.insert(key.clone(), decision.clone());
+        decisions.order.push_back(key);
+        if decisions.order.len() > REMEMBERED_KEYS
+            && let Some(oldest) = decisions.order.pop_front()
+        {
+            decisions.by_key.remove(&oldest);
+        }
+        Ok(decision)
     }
 }
 
@@ -95,8 +148,13 @@ mod tests {
     use super::*;
 
     fn request(amount_minor: i64) -> ProviderRequest<'static> {
+        let key = if amount_minor > 1_000 {
+            "key-high"
+        } else {
+            "key-low"
+        };
         ProviderRequest {
-            idempotency_key: "key-1",
+            idempotency_key: key,
             amount_minor,
             currency: "EUR",
         }
@@ -118,5 +176,14 @@ mod tests {
             reason,
             "amount 10.01 EUR exceeds the card's limit of 10.00 EUR"
         );
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_gets_the_first_answer_and_holds_once() {
+        let provider = SimulatedProvider::new(1_000);
+        let first = provider.authorize(request(500)).await.unwrap();
+        let again = provider.authorize(request(500)).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!((provider.calls(), provider.holds()), (2, 1));
     }
 }
