@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use faultline_outbox::consumer::{
-    self, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer, LoggingContext,
+    self, ConsumerObserver, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer,
 };
 use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
 use futures_util::future::join_all;
@@ -54,8 +54,8 @@ async fn consume(
     stop_after: usize,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let kafka: KafkaConsumer =
-        consumer_config(brokers, group, "resume-test").create_with_context(LoggingContext)?;
+    let kafka: KafkaConsumer = consumer_config(brokers, group, "resume-test")
+        .create_with_context(ConsumerObserver::default())?;
     let recorder = Recorder {
         run,
         stop_after,

@@ -27,24 +27,27 @@
 //! the partition resumes once the lane has drained to half: a slow database slows
 //! consumption instead of growing memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::RngExt;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::inbox::{self, Origin, Outcome};
 use crate::message::{OutboxMessage, enqueue};
+use crate::trace;
 
 /// A record received from Kafka, owned so the handler can keep it across awaits.
 #[derive(Debug, Clone)]
@@ -162,6 +165,8 @@ pub struct ConsumerSettings {
     pub max_backoff: Duration,
     /// Records a partition's lane holds before the partition is paused.
     pub max_in_flight_per_partition: usize,
+    /// Where the loop counts what it did; clone it before [`run`] to read it while it runs.
+    pub stats: Arc<ConsumerStats>,
 }
 
 impl ConsumerSettings {
@@ -180,18 +185,66 @@ impl ConsumerSettings {
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             max_in_flight_per_partition: 64,
+            stats: Arc::default(),
         }
     }
 }
 
-/// A consumer context that logs partition assignments, which is most of what an operator
-/// wants to know when a group rebalances.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LoggingContext;
+/// What the consumer's client reported about its group membership and lag, shared with
+/// readiness checks and metrics.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    joined: AtomicBool,
+    lag: Mutex<BTreeMap<(String, i32), i64>>,
+}
 
-impl ClientContext for LoggingContext {}
+impl GroupState {
+    /// True once the consumer has joined its group and received an assignment (possibly
+    /// empty, when the group has more members than partitions).
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+    }
 
-impl ConsumerContext for LoggingContext {
+    /// Records behind the end of each assigned partition, from the client's last statistics
+    /// (`statistics.interval.ms`).
+    pub fn lag(&self) -> BTreeMap<(String, i32), i64> {
+        self.lag.lock().map(|lag| lag.clone()).unwrap_or_default()
+    }
+}
+
+/// The consumer context [`run`] expects: logs partition assignments, which is most of what
+/// an operator wants to know when a group rebalances, and keeps [`GroupState`] current.
+#[derive(Debug, Default, Clone)]
+pub struct ConsumerObserver {
+    state: Arc<GroupState>,
+}
+
+impl ConsumerObserver {
+    /// The state this observer keeps.
+    pub fn state(&self) -> Arc<GroupState> {
+        self.state.clone()
+    }
+}
+
+impl ClientContext for ConsumerObserver {
+    fn stats(&self, statistics: Statistics) {
+        let mut lag = BTreeMap::new();
+        for (topic, stats) in statistics.topics {
+            for (partition, stats) in stats.partitions {
+                // Partition -1 is the client's internal "unassigned" bucket; a lag of -1
+                // means not known yet.
+                if partition >= 0 && stats.consumer_lag >= 0 {
+                    lag.insert((topic.clone(), partition), stats.consumer_lag);
+                }
+            }
+        }
+        if let Ok(mut current) = self.state.lag.lock() {
+            *current = lag;
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerObserver {
     fn post_rebalance(
         &self,
         _consumer: &rdkafka::consumer::BaseConsumer<Self>,
@@ -199,6 +252,7 @@ impl ConsumerContext for LoggingContext {
     ) {
         match rebalance {
             Rebalance::Assign(partitions) => {
+                self.state.joined.store(true, Ordering::Relaxed);
                 tracing::info!(partitions = %describe(partitions), "partitions assigned")
             }
             Rebalance::Revoke(partitions) => {
@@ -248,7 +302,7 @@ impl ConsumerStats {
 }
 
 /// The consumer type [`run`] expects.
-pub type KafkaConsumer = StreamConsumer<LoggingContext>;
+pub type KafkaConsumer = StreamConsumer<ConsumerObserver>;
 
 /// Why the loop stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -260,8 +314,8 @@ pub enum ConsumerError {
 
 /// Consumes `settings.topics` until `shutdown` is cancelled; see the module docs.
 ///
-/// `consumer` should be built from [`crate::kafka::consumer_config`] with
-/// [`LoggingContext`]. On shutdown the loop stops fetching, every partition lane finishes the
+/// `consumer` should be built from [`crate::kafka::consumer_config`] with a
+/// [`ConsumerObserver`]. On shutdown the loop stops fetching, every partition lane finishes the
 /// record in hand (one still waiting on a retry is left for redelivery, as are records queued
 /// behind it), stored offsets are committed synchronously, and the consumer leaves its group.
 pub async fn run<H: Handler + 'static>(
@@ -279,7 +333,7 @@ pub async fn run<H: Handler + 'static>(
 
     let consumer = Arc::new(consumer);
     let capacity = settings.max_in_flight_per_partition.max(1);
-    let stats = Arc::new(ConsumerStats::default());
+    let stats = settings.stats.clone();
     let worker = Arc::new(Worker {
         pool,
         handler,
@@ -434,7 +488,27 @@ async fn run_lane<H: Handler>(
         let Some(incoming) = records.recv().await else {
             return;
         };
-        if worker.finish(&incoming).await.is_err() {
+        let span = tracing::info_span!(
+            "outbox.process",
+            otel.name = %format!("{} process", incoming.topic),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            "messaging.system" = "kafka",
+            "messaging.operation.type" = "process",
+            "messaging.destination.name" = %incoming.topic,
+            "messaging.destination.partition.id" = incoming.partition,
+            "messaging.kafka.offset" = incoming.offset,
+            "messaging.consumer.group.name" = %worker.settings.name,
+            "messaging.message.id" = %incoming.event_id,
+        );
+        trace::adopt(
+            &span,
+            incoming
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), std::str::from_utf8(v).ok()?))),
+        );
+        if worker.finish(&incoming).instrument(span).await.is_err() {
             // Shutdown arrived while retrying; the record stays unstored and is delivered
             // again to whoever owns the partition next.
             return;
@@ -518,6 +592,7 @@ impl<H: Handler> Worker<H> {
         loop {
             match self.try_park(incoming, reason).await {
                 Ok(()) => {
+                    tracing::Span::current().record("otel.status_code", "ERROR");
                     tracing::error!(
                         topic = %incoming.topic,
                         partition = incoming.partition,

@@ -51,7 +51,9 @@ pub fn consumer_config(brokers: &str, group_id: &str, client_id: &str) -> Client
         // How long the broker may hold a fetch that has nothing to return. The default
         // (500 ms) is also the delay before a partition resumed after a pause gets records
         // again; 100 ms keeps commit-to-consume latency low at little cost.
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // Lag per partition, for the consumer-lag gauge (see `consumer::GroupState`).
+        .set("statistics.interval.ms", "5000");
     config
 }
 

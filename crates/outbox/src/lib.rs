@@ -33,6 +33,7 @@ pub mod inbox;
 pub mod kafka;
 mod message;
 pub mod relay;
+pub mod trace;
 
 pub use message::{OutboxMessage, enqueue};
 pub use relay::{Backlog, Relay, RelayConfig, Retention, backlog};

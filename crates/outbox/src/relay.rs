@@ -37,7 +37,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, FromRow, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
+
+use crate::trace;
 
 /// Channel the outbox trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "faultline_outbox";
@@ -398,6 +401,23 @@ impl Relay {
     }
 
     async fn publish(&self, row: &Row) -> Result<(), KafkaError> {
+        let span = tracing::info_span!(
+            "outbox.publish",
+            otel.name = %format!("{} publish", row.topic),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            "messaging.system" = "kafka",
+            "messaging.operation.type" = "send",
+            "messaging.destination.name" = %row.topic,
+            "messaging.message.id" = %row.id,
+            "messaging.kafka.message.key" = %row.aggregateid,
+        );
+        trace::adopt(
+            &span,
+            row.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let carried = trace::headers_of(&span);
+
         let id = row.id.to_string();
         let mut headers = OwnedHeaders::new_with_capacity(row.headers.len() + 2)
             .insert(Header {
@@ -409,6 +429,14 @@ impl Relay {
                 value: Some(row.message_type.as_str()),
             });
         for (key, value) in row.headers.iter() {
+            if !trace::TRACE_HEADERS.contains(&key.as_str()) {
+                headers = headers.insert(Header {
+                    key: key.as_str(),
+                    value: Some(value.as_str()),
+                });
+            }
+        }
+        for (key, value) in &carried {
             headers = headers.insert(Header {
                 key: key.as_str(),
                 value: Some(value.as_str()),
@@ -418,15 +446,23 @@ impl Relay {
             .key(row.aggregateid.as_bytes())
             .payload(row.payload.as_slice())
             .headers(headers);
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(error, _record)| error)?;
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((error, _message))) => Err(error),
-            Err(_canceled) => Err(KafkaError::Canceled),
+        let delivered = async {
+            let delivery = self
+                .producer
+                .send_result(record)
+                .map_err(|(error, _record)| error)?;
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _message))) => Err(error),
+                Err(_canceled) => Err(KafkaError::Canceled),
+            }
         }
+        .instrument(span.clone())
+        .await;
+        if delivered.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        delivered
     }
 
     /// Gives the slots back and removes the heartbeat, so peers take over at once.

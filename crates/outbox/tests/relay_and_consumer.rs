@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use faultline_outbox::consumer::{
-    self, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer, LoggingContext,
+    self, ConsumerObserver, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer,
 };
 use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
 use faultline_outbox::{OutboxMessage, Relay, RelayConfig, Retention, backlog, enqueue};
@@ -345,7 +345,7 @@ async fn a_tiny_lane_pauses_and_resumes_without_losing_or_reordering() {
     // Two records in flight per partition forces a pause and a rewind every few records.
     let group = unique("lanes");
     let kafka: KafkaConsumer = consumer_config(&brokers(), &group, "lanes")
-        .create_with_context(LoggingContext)
+        .create_with_context(ConsumerObserver::default())
         .unwrap();
     let mut settings = ConsumerSettings::new(&group, vec![topic.clone()], format!("{topic}.dlq"));
     settings.max_in_flight_per_partition = 2;

@@ -154,6 +154,47 @@ impl KafkaSettings {
     }
 }
 
+/// How a service stops.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSettings {
+    /// After SIGTERM, readiness fails at once but the servers keep serving this long, so
+    /// load balancers stop sending traffic before connections are refused. Default 0 (no
+    /// load balancer locally); a few seconds behind Kubernetes.
+    pub drain_delay_ms: u64,
+    /// Longest the whole shutdown may take, from the signal to exit; what has not finished
+    /// by then is abandoned (and redelivered or re-run on restart). Default 10 000.
+    pub grace_period_ms: u64,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        Self {
+            drain_delay_ms: 0,
+            grace_period_ms: 10_000,
+        }
+    }
+}
+
+impl LifecycleSettings {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        if self.grace_period_ms == 0 {
+            return Err(ConfigError::invalid(
+                format!("{prefix}_LIFECYCLE__GRACE_PERIOD_MS"),
+                "must be greater than zero",
+            ));
+        }
+        if self.drain_delay_ms >= self.grace_period_ms {
+            return Err(ConfigError::invalid(
+                format!("{prefix}_LIFECYCLE__DRAIN_DELAY_MS"),
+                "must be shorter than the grace period",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The admin HTTP server that answers the probes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

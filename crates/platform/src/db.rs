@@ -42,6 +42,9 @@ pub enum OpenError {
     /// A migration failed; the service must not start on a half-migrated schema.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The admin server could not listen.
+    #[error("cannot start the admin server: {0}")]
+    Admin(#[from] std::io::Error),
 }
 
 /// Connects (creating the database if needed), then applies the service's migrations and the

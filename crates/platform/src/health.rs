@@ -8,7 +8,6 @@
 //!   traffic without the process being restarted.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -20,7 +19,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 /// A dependency check: resolves to `Err(reason)` when the dependency is unusable.
 pub type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
@@ -139,19 +137,6 @@ async fn ready(State(health): State<Health>) -> Response {
         )
             .into_response(),
     }
-}
-
-/// Serves the probe routes on `addr` until `shutdown` is cancelled.
-pub async fn serve(
-    addr: SocketAddr,
-    health: Health,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "admin server listening");
-    axum::serve(listener, health.router())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 #[cfg(test)]

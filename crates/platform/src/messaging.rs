@@ -6,26 +6,36 @@
 //! message that cannot be read will never become readable (so it is parked).
 //!
 //! [`Messaging::start`] wires a service to Kafka: it creates the topics the service needs,
-//! then runs its outbox relay and its consumer loop until shutdown.
+//! then runs its outbox relay and its consumer loop until shutdown, with readiness checks
+//! and metrics for both. [`publish`] stores the writer's trace context with each message.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use faultline_outbox::consumer::{
-    self, ConsumerError, ConsumerSettings, ConsumerStats, Handler, HandlerError, Incoming,
-    KafkaConsumer, LoggingContext,
+    self, ConsumerError, ConsumerObserver, ConsumerSettings, ConsumerStats, GroupState, Handler,
+    HandlerError, Incoming, KafkaConsumer,
 };
 use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
 use faultline_outbox::{OutboxMessage, Relay, RelayConfig, enqueue};
 use faultline_proto::envelope::{Envelope, Provenance};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Unit;
 use prost::{Message, Name};
+use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{BaseProducer, FutureProducer, Producer};
 use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::KafkaSettings;
+use crate::lifecycle::Lifecycle;
 
 /// Wraps `message` in an envelope and writes it to the outbox for `topic` on `tx`.
 ///
@@ -40,7 +50,7 @@ pub async fn publish<M: Message + Name>(
 ) -> Result<Envelope, sqlx::Error> {
     let envelope = Envelope::wrap(message, provenance);
     let id = Uuid::parse_str(&envelope.event_id).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let row = OutboxMessage::new(
+    let mut row = OutboxMessage::new(
         topic,
         aggregate_type,
         envelope.aggregate_id.clone(),
@@ -48,6 +58,11 @@ pub async fn publish<M: Message + Name>(
         envelope.encode_to_vec(),
     )
     .with_id(id);
+    // The trace context of whoever writes the message travels with it (see
+    // `faultline_outbox::trace`).
+    for (name, value) in faultline_telemetry::propagation::current_headers() {
+        row = row.with_header(name, value);
+    }
     enqueue(tx, &row).await?;
     Ok(envelope)
 }
@@ -87,11 +102,12 @@ pub struct Wiring {
     pub produces: Vec<&'static str>,
 }
 
-/// The relay and consumer tasks of a running service.
+/// The relay, consumer and backlog-sampler tasks of a running service.
 #[derive(Debug)]
 pub struct Messaging {
     relay: JoinHandle<()>,
     consumer: JoinHandle<Result<Arc<ConsumerStats>, ConsumerError>>,
+    sampler: JoinHandle<()>,
 }
 
 /// Why messaging could not start.
@@ -104,13 +120,14 @@ pub enum MessagingError {
 
 impl Messaging {
     /// Creates the service's topics if absent, then starts its outbox relay and its consumer
-    /// loop with `handler`. Both stop when `shutdown` is cancelled; await [`Messaging::join`].
+    /// loop with `handler`, both stopping on [`Lifecycle::background`]. Readiness gains two
+    /// checks (broker metadata reachable, consumer joined its group) and `/metrics` gains the
+    /// outbox backlog, the consumer's counters and its lag.
     pub async fn start<H>(
-        pool: &PgPool,
+        life: &Lifecycle,
         kafka: &KafkaSettings,
         wiring: Wiring,
         handler: H,
-        shutdown: &CancellationToken,
     ) -> Result<Self, MessagingError>
     where
         H: Handler + 'static,
@@ -134,33 +151,183 @@ impl Messaging {
             .collect();
         ensure_topics(&kafka.brokers, &specs).await?;
 
+        let stop = life.background();
         let producer: FutureProducer =
             producer_config(&kafka.brokers, &format!("{}-relay", wiring.service)).create()?;
-        let relay = Relay::new(pool.clone(), producer, RelayConfig::default());
-        let relay = tokio::spawn(relay.run(shutdown.clone()));
+        let relay = Relay::new(life.pool.clone(), producer, RelayConfig::default());
+        let relay = tokio::spawn(relay.run(stop.clone()));
 
+        let observer = ConsumerObserver::default();
+        let group_state = observer.state();
         let consumer: KafkaConsumer = consumer_config(&kafka.brokers, &group, wiring.service)
-            .create_with_context(LoggingContext)?;
-        let settings = ConsumerSettings::new(group, consumes, dead_letters);
+            .create_with_context(observer)?;
+        let settings = ConsumerSettings::new(group.clone(), consumes, dead_letters);
+        life.metrics.register_collector(ConsumerMetrics {
+            stats: settings.stats.clone(),
+            state: group_state.clone(),
+        });
         let consumer = tokio::spawn(consumer::run(
             consumer,
-            pool.clone(),
+            life.pool.clone(),
             handler,
             settings,
-            shutdown.clone(),
+            stop.clone(),
         ));
-        Ok(Self { relay, consumer })
+
+        let probe: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .create()?;
+        let probe = Arc::new(probe);
+        life.health.add_check("kafka", move || {
+            let probe = probe.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    probe
+                        .client()
+                        .fetch_metadata(None, Duration::from_millis(800))
+                        .map(|_| ())
+                        .map_err(|e| format!("broker metadata unreachable: {e}"))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        });
+        life.health.add_check("consumer", move || {
+            let joined = group_state.joined();
+            async move {
+                if joined {
+                    Ok(())
+                } else {
+                    Err("the consumer has not joined its group yet".to_owned())
+                }
+            }
+        });
+
+        let sampler = tokio::spawn(sample_backlog(
+            life.pool.clone(),
+            BacklogGauges::register(&life.metrics),
+            stop,
+        ));
+        Ok(Self {
+            relay,
+            consumer,
+            sampler,
+        })
     }
 
-    /// Waits for both tasks to finish after shutdown.
+    /// Waits for the tasks to finish after [`Lifecycle::background`] was cancelled.
     pub async fn join(self) {
         match self.consumer.await {
             Ok(Ok(_stats)) => {}
             Ok(Err(error)) => tracing::error!(%error, "consumer failed"),
             Err(error) => tracing::error!(%error, "consumer task panicked"),
         }
-        if let Err(error) = self.relay.await {
-            tracing::error!(%error, "relay task panicked");
+        for (name, task) in [("relay", self.relay), ("backlog sampler", self.sampler)] {
+            if let Err(error) = task.await {
+                tracing::error!(%error, task = name, "task panicked");
+            }
         }
+    }
+}
+
+/// `outbox_pending_rows` and `outbox_oldest_pending_age_seconds`.
+#[derive(Debug, Clone, Default)]
+struct BacklogGauges {
+    pending: Gauge,
+    oldest: Gauge<f64, AtomicU64>,
+}
+
+impl BacklogGauges {
+    fn register(metrics: &faultline_telemetry::metrics::Metrics) -> Self {
+        let gauges = Self::default();
+        metrics.register(
+            "outbox_pending_rows",
+            "Outbox rows not yet published",
+            gauges.pending.clone(),
+        );
+        metrics.register_with_unit(
+            "outbox_oldest_pending_age",
+            "Age of the oldest outbox row not yet published",
+            Unit::Seconds,
+            gauges.oldest.clone(),
+        );
+        gauges
+    }
+}
+
+/// Refreshes the backlog gauges every two seconds.
+async fn sample_backlog(pool: PgPool, gauges: BacklogGauges, stop: CancellationToken) {
+    loop {
+        match faultline_outbox::backlog(&pool).await {
+            Ok(backlog) => {
+                gauges.pending.set(backlog.pending);
+                gauges
+                    .oldest
+                    .set(backlog.oldest.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+            }
+            Err(error) => tracing::debug!(%error, "backlog sample failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// The consumer's counters and lag, read at scrape time.
+#[derive(Debug)]
+struct ConsumerMetrics {
+    stats: Arc<ConsumerStats>,
+    state: Arc<GroupState>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: i32,
+}
+
+impl Collector for ConsumerMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let [processed, duplicates, parked, pauses] = self.stats.snapshot();
+        for (name, help, value) in [
+            (
+                "messaging_consumer_processed",
+                "Records whose effect committed",
+                processed,
+            ),
+            (
+                "messaging_consumer_duplicates",
+                "Redeliveries skipped by the inbox",
+                duplicates,
+            ),
+            (
+                "messaging_consumer_parked",
+                "Records parked on the dead-letter topic",
+                parked,
+            ),
+            (
+                "messaging_consumer_pauses",
+                "Partitions paused because their lane was full",
+                pauses,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let lag = self.state.lag();
+        let gauge_type = ConstGauge::new(0i64).metric_type();
+        let mut family = encoder.encode_descriptor(
+            "kafka_consumer_lag",
+            "Records behind the end of each assigned partition",
+            None,
+            gauge_type,
+        )?;
+        for ((topic, partition), records) in lag {
+            let labels = PartitionLabels { topic, partition };
+            ConstGauge::new(records).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }

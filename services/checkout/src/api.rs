@@ -16,11 +16,12 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use faultline_idempotency::layer::{IdempotencyLayer, IdempotencyLease, stored_response};
 use faultline_idempotency::{LeaseError, Store};
+use faultline_telemetry::http::HttpServerLayer;
+use faultline_telemetry::metrics::Metrics;
 use problem_details::ProblemDetails;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
-use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 use crate::catalog::{CatalogError, GrpcCatalog};
@@ -38,9 +39,14 @@ pub struct AppState {
     pub orchestrator: Orchestrator,
 }
 
-/// The API's routes, with bodies limited to `max_body_bytes`. Placing an order requires an
-/// `Idempotency-Key`, kept in `idempotency`.
-pub fn router(state: AppState, idempotency: Store, max_body_bytes: usize) -> Router {
+/// The API's routes, with bodies limited to `max_body_bytes`, server spans and RED metrics
+/// into `metrics`. Placing an order requires an `Idempotency-Key`, kept in `idempotency`.
+pub fn router(
+    state: AppState,
+    idempotency: Store,
+    max_body_bytes: usize,
+    metrics: Metrics,
+) -> Router {
     let keyed = IdempotencyLayer::new(idempotency).required();
     Router::new()
         .route("/v1/orders", post(place_order).layer(keyed))
@@ -48,7 +54,7 @@ pub fn router(state: AppState, idempotency: Store, max_body_bytes: usize) -> Rou
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(TraceLayer::new_for_http())
+        .layer(HttpServerLayer::new(metrics))
         .with_state(state)
 }
 

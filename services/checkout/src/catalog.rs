@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use faultline_proto::inventory::v1::GetProductsRequest;
 use faultline_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use faultline_telemetry::grpc_client::{GrpcClient, GrpcClientLayer};
+use faultline_telemetry::metrics::Metrics;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
+use tower::Layer;
 
 use crate::config::InventoryClientSettings;
 
@@ -55,20 +58,25 @@ pub trait Catalog: Send + Sync {
 /// The catalog served by inventory's `GetProducts`.
 #[derive(Debug, Clone)]
 pub struct GrpcCatalog {
-    client: InventoryServiceClient<Channel>,
+    client: InventoryServiceClient<GrpcClient<Channel>>,
 }
 
 impl GrpcCatalog {
     /// A client for `settings.url`. Connects lazily, so checkout starts even when inventory
     /// is not up yet; every call is bounded by the request timeout, which tonic also sends
     /// as `grpc-timeout` so inventory can give up when checkout has.
-    pub fn new(settings: &InventoryClientSettings) -> Result<Self, tonic::transport::Error> {
+    /// Calls carry the trace context and are recorded in `metrics`.
+    pub fn new(
+        settings: &InventoryClientSettings,
+        metrics: &Metrics,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(settings.url.clone())?
             .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
             .timeout(Duration::from_millis(settings.request_timeout_ms))
             .connect_lazy();
+        let traced = GrpcClientLayer::new(metrics.clone()).layer(channel);
         Ok(Self {
-            client: InventoryServiceClient::new(channel),
+            client: InventoryServiceClient::new(traced),
         })
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use faultline_idempotency::IdempotencyConfig;
 use faultline_platform::config::{
-    self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings,
+    self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,8 @@ pub struct Config {
     pub database: DatabaseSettings,
     /// Default: broker on `127.0.0.1:9092`, no topic prefix, 3 partitions.
     pub kafka: KafkaSettings,
+    /// Default: no drain delay, 10 s grace period.
+    pub lifecycle: LifecycleSettings,
     /// How checkout calls inventory's catalog.
     pub inventory: InventoryClientSettings,
     /// Saga deadlines.
@@ -79,6 +81,7 @@ impl Default for Config {
             },
             database: DatabaseSettings::local("checkout"),
             kafka: KafkaSettings::default(),
+            lifecycle: LifecycleSettings::default(),
             inventory: InventoryClientSettings {
                 url: "http://127.0.0.1:50051".into(),
                 connect_timeout_ms: 1_000,
@@ -106,6 +109,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate(PREFIX)?;
         self.kafka.validate(PREFIX)?;
+        self.lifecycle.validate(PREFIX)?;
         let positive = [
             ("MAX_BODY_BYTES", self.max_body_bytes as u64),
             (

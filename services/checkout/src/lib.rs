@@ -26,22 +26,31 @@ use faultline_idempotency::{IdempotencyConfig, Store};
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
+use faultline_telemetry::metrics::Metrics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
 use crate::catalog::GrpcCatalog;
 use crate::events::EventHandler;
-use crate::orchestrator::{Orchestrator, Topics};
+use crate::orchestrator::{Orchestrator, SagaMetrics, Topics};
 
 /// The service's own migrations, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Runs checkout until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let life = Lifecycle::begin(&config.admin, &config.database, &MIGRATOR, &shutdown)
-        .await
-        .context("preparing the checkout database")?;
+    let metrics = Metrics::new();
+    let life = Lifecycle::begin(
+        &config.admin,
+        &config.database,
+        &config.lifecycle,
+        &MIGRATOR,
+        metrics.clone(),
+        &shutdown,
+    )
+    .await
+    .context("preparing the checkout database")?;
     let pool = life.pool.clone();
     faultline_idempotency::migrate(&pool)
         .await
@@ -56,7 +65,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let reaper = tokio::spawn(faultline_idempotency::reaper::run(
         pool.clone(),
         Duration::from_secs(config.idempotency.reap_interval_secs),
-        shutdown.clone(),
+        life.background(),
     ));
 
     let kafka = &config.kafka;
@@ -68,6 +77,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         },
         config.saga.step_timeout(),
         config.saga.max_attempts,
+        SagaMetrics::register(&metrics),
     );
     let wiring = Wiring {
         service: "checkout",
@@ -81,17 +91,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let handler = EventHandler {
         orchestrator: orchestrator.clone(),
     };
-    let messaging = Messaging::start(&pool, kafka, wiring, handler, &shutdown)
+    let messaging = Messaging::start(&life, kafka, wiring, handler)
         .await
         .context("starting Kafka messaging")?;
     let sweeper = tokio::spawn(sweep_deadlines(
         pool.clone(),
         orchestrator.clone(),
         Duration::from_millis(config.saga.sweep_interval_ms),
-        shutdown.clone(),
+        life.background(),
     ));
 
-    let catalog = GrpcCatalog::new(&config.inventory).context("inventory client")?;
+    let catalog = GrpcCatalog::new(&config.inventory, &metrics).context("inventory client")?;
     let state = AppState {
         pool: pool.clone(),
         catalog,
@@ -100,23 +110,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
-    let app = api::router(state, idempotency, config.max_body_bytes);
+    let app = api::router(state, idempotency, config.max_body_bytes, metrics);
     life.started();
     tracing::info!(listen = %config.http_listen, "checkout is serving HTTP");
-    let drain = shutdown.clone();
+    let drain = life.serving();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { drain.cancelled().await })
         .await;
 
-    for (name, task) in [
-        ("deadline sweeper", sweeper),
-        ("idempotency reaper", reaper),
-    ] {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "{name} panicked");
-        }
-    }
-    life.end(messaging).await;
+    life.end(
+        messaging,
+        vec![
+            ("deadline sweeper", sweeper),
+            ("idempotency reaper", reaper),
+        ],
+    )
+    .await;
     served.context("HTTP server failed")?;
     tracing::info!("checkout stopped");
     Ok(())

@@ -1,9 +1,18 @@
-//! The checkout service binary: configuration from the environment, then [`checkout::run`].
+//! The checkout service binary: telemetry and configuration from the environment, then
+//! [`checkout::run`] until SIGTERM, then a final flush of the tracer.
+
+use faultline_telemetry::TelemetryConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    faultline_telemetry::init("checkout").map_err(|e| anyhow::anyhow!(e))?;
-    let config = checkout::Config::load()?;
-    let shutdown = faultline_platform::shutdown::on_signals();
-    checkout::run(config, shutdown).await
+    let telemetry = faultline_telemetry::init(TelemetryConfig::from_env("checkout")?)?;
+    let result = match checkout::Config::load() {
+        Ok(config) => checkout::run(config, faultline_platform::shutdown::on_signals()).await,
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = &result {
+        tracing::error!(error = %format!("{error:#}"), "checkout stopped with an error");
+    }
+    telemetry.shutdown();
+    result
 }

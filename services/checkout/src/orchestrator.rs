@@ -9,13 +9,22 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use faultline_platform::messaging::publish;
 use faultline_proto::common::v1::{LineItem, Money};
 use faultline_proto::envelope::Provenance;
 use faultline_proto::inventory::v1 as inventory;
 use faultline_proto::orders::v1 as orders;
 use faultline_proto::payments::v1 as payments;
+use faultline_telemetry::metrics::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Unit;
 use sqlx::{FromRow, PgConnection, PgPool};
+use tracing::Instrument;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::saga::{Command, Decision, Event, Saga, State};
@@ -73,6 +82,7 @@ pub struct Orchestrator {
     topics: Topics,
     step_timeout: Duration,
     max_attempts: u32,
+    metrics: SagaMetrics,
 }
 
 /// What commands and order events need to know about the order.
@@ -84,6 +94,71 @@ pub struct OrderFacts {
     pub total_minor: i64,
     /// Its currency.
     pub currency: String,
+    /// When it was placed, for the saga's duration.
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+    code: String,
+}
+
+/// `saga_outcomes_total{outcome, code}` and `saga_decision_duration_seconds{outcome, code}`:
+/// how orders end, why, and how long the decision took from placement.
+#[derive(Debug, Clone)]
+pub struct SagaMetrics {
+    outcomes: Family<OutcomeLabels, Counter>,
+    duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+}
+
+fn decision_histogram() -> Histogram {
+    Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0])
+}
+
+impl Default for SagaMetrics {
+    /// Metrics that are kept but not exposed (tests, tools).
+    fn default() -> Self {
+        Self {
+            outcomes: Family::default(),
+            duration: Family::new_with_constructor(decision_histogram),
+        }
+    }
+}
+
+impl SagaMetrics {
+    /// Registers the saga families in `metrics`.
+    pub fn register(metrics: &Metrics) -> Self {
+        let saga = Self::default();
+        metrics.register(
+            "saga_outcomes",
+            "Orders decided, by outcome and cancellation code",
+            saga.outcomes.clone(),
+        );
+        metrics.register_with_unit(
+            "saga_decision_duration",
+            "Time from placing an order to its decision",
+            Unit::Seconds,
+            saga.duration.clone(),
+        );
+        saga
+    }
+
+    fn record(&self, decision: &Decision, placed_at: DateTime<Utc>) {
+        let labels = match decision {
+            Decision::Confirm => OutcomeLabels {
+                outcome: "confirmed".into(),
+                code: String::new(),
+            },
+            Decision::Cancel { code, .. } => OutcomeLabels {
+                outcome: "cancelled".into(),
+                code: code.as_str().into(),
+            },
+        };
+        self.outcomes.get_or_create(&labels).inc();
+        let seconds = (Utc::now() - placed_at).num_milliseconds().max(0) as f64 / 1000.0;
+        self.duration.get_or_create(&labels).observe(seconds);
+    }
 }
 
 #[derive(Debug, FromRow)]
@@ -132,13 +207,20 @@ fn from_columns(state: &str, stock_done: bool, payment_done: bool) -> Option<Sta
 }
 
 impl Orchestrator {
-    /// An orchestrator writing to `topics`, re-sending a step after `step_timeout` and
-    /// giving up on a compensable step after `max_attempts` sends.
-    pub fn new(topics: Topics, step_timeout: Duration, max_attempts: u32) -> Self {
+    /// An orchestrator writing to `topics`, re-sending a step after `step_timeout`, giving
+    /// up on a compensable step after `max_attempts` sends, and counting outcomes in
+    /// `metrics`.
+    pub fn new(
+        topics: Topics,
+        step_timeout: Duration,
+        max_attempts: u32,
+        metrics: SagaMetrics,
+    ) -> Self {
         Self {
             topics,
             step_timeout,
             max_attempts,
+            metrics,
         }
     }
 
@@ -177,7 +259,7 @@ impl Orchestrator {
     ) -> Result<SagaRow, OrchestratorError> {
         sqlx::query_as(
             "SELECT s.state, s.stock_done, s.payment_done, s.attempts,
-                    o.customer_id, o.total_minor, o.currency
+                    o.customer_id, o.total_minor, o.currency, o.created_at
              FROM order_sagas s JOIN orders o ON o.id = s.order_id
              WHERE s.order_id = $1
              FOR UPDATE",
@@ -191,6 +273,47 @@ impl Orchestrator {
     /// Applies `event` to the saga of `order_id` on `tx`. `cause` is the id of the message
     /// that carried the event (none for a deadline).
     pub async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+        event: &Event,
+        cause: Option<&str>,
+    ) -> Result<Applied, OrchestratorError> {
+        let span = tracing::info_span!(
+            "saga.apply",
+            otel.name = "saga apply",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            "order.id" = %order_id,
+            "saga.event" = ?event,
+            "saga.state" = Empty,
+        );
+        let applied = self
+            .apply_inner(tx, order_id, event, cause)
+            .instrument(span.clone())
+            .await;
+        match &applied {
+            Ok(Applied::Changed { state, decision }) => {
+                span.record("saga.state", tracing::field::debug(state));
+                // The step that cancels an order is the trace's failed step.
+                if let Some(Decision::Cancel { code, reason }) = decision {
+                    span.record("otel.status_code", "ERROR");
+                    span.record(
+                        "otel.status_description",
+                        format!("order cancelled ({code}): {reason}"),
+                    );
+                }
+            }
+            Ok(Applied::Ignored) => {}
+            Err(error) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", error.to_string());
+            }
+        }
+        applied
+    }
+
+    async fn apply_inner(
         &self,
         tx: &mut PgConnection,
         order_id: Uuid,
@@ -269,6 +392,7 @@ impl Orchestrator {
     ) -> Result<(), sqlx::Error> {
         let topic = &self.topics.orders_events;
         let provenance = Self::provenance(order_id, cause);
+        self.metrics.record(decision, order.created_at);
         match decision {
             Decision::Confirm => {
                 sqlx::query(

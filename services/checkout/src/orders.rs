@@ -244,6 +244,7 @@ pub async fn place<C: Catalog>(
         customer_id: order.customer_id.clone(),
         total_minor: total,
         currency: currency.clone(),
+        created_at: chrono::Utc::now(),
     };
     orchestrator.start(&mut tx, order_id, &facts).await?;
     Ok(PendingOrder { id: order_id, tx })

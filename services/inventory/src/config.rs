@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use faultline_platform::config::{
-    self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings,
+    self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,8 @@ pub struct Config {
     pub database: DatabaseSettings,
     /// Default: broker on `127.0.0.1:9092`, no topic prefix, 3 partitions.
     pub kafka: KafkaSettings,
+    /// Default: no drain delay, 10 s grace period.
+    pub lifecycle: LifecycleSettings,
 }
 
 impl Default for Config {
@@ -35,6 +37,7 @@ impl Default for Config {
             },
             database: DatabaseSettings::local("inventory"),
             kafka: KafkaSettings::default(),
+            lifecycle: LifecycleSettings::default(),
         }
     }
 }
@@ -45,6 +48,7 @@ impl Config {
         let config: Self = config::load(PREFIX)?;
         config.database.validate(PREFIX)?;
         config.kafka.validate(PREFIX)?;
+        config.lifecycle.validate(PREFIX)?;
         Ok(config)
     }
 }

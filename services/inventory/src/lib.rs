@@ -15,10 +15,13 @@ pub mod stock;
 pub use config::{Config, PREFIX};
 
 use anyhow::Context;
+use faultline_platform::grpc::mirror_readiness;
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
 use faultline_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use faultline_telemetry::http::HttpServerLayer;
+use faultline_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -31,9 +34,17 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Runs the inventory service until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let life = Lifecycle::begin(&config.admin, &config.database, &MIGRATOR, &shutdown)
-        .await
-        .context("preparing the inventory database")?;
+    let metrics = Metrics::new();
+    let life = Lifecycle::begin(
+        &config.admin,
+        &config.database,
+        &config.lifecycle,
+        &MIGRATOR,
+        metrics.clone(),
+        &shutdown,
+    )
+    .await
+    .context("preparing the inventory database")?;
 
     let wiring = Wiring {
         service: "inventory",
@@ -43,7 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let handler = CommandHandler {
         events_topic: config.kafka.topic(topics::INVENTORY_EVENTS),
     };
-    let messaging = Messaging::start(&life.pool, &config.kafka, wiring, handler, &shutdown)
+    let messaging = Messaging::start(&life, &config.kafka, wiring, handler)
         .await
         .context("starting Kafka messaging")?;
 
@@ -53,17 +64,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     reporter
         .set_serving::<InventoryServiceServer<InventoryGrpc>>()
         .await;
+    let mirror = tokio::spawn(mirror_readiness(
+        life.health.clone(),
+        reporter,
+        "faultline.inventory.v1.InventoryService",
+        life.background(),
+    ));
     let grpc = Server::builder()
+        .layer(HttpServerLayer::new(metrics))
         .add_service(health_service)
         .add_service(InventoryServiceServer::new(InventoryGrpc::new(
             life.pool.clone(),
         )))
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming, life.serving().cancelled_owned());
 
     life.started();
     tracing::info!(listen = %config.grpc_listen, "inventory is serving gRPC");
     let served = grpc.await;
-    life.end(messaging).await;
+    life.end(messaging, vec![("grpc health", mirror)]).await;
     served.context("gRPC server failed")?;
     tracing::info!("inventory stopped");
     Ok(())

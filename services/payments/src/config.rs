@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use faultline_idempotency::IdempotencyConfig;
 use faultline_platform::config::{
-    self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings,
+    self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,8 @@ pub struct Config {
     pub database: DatabaseSettings,
     /// Default: broker on `127.0.0.1:9092`, no topic prefix, 3 partitions.
     pub kafka: KafkaSettings,
+    /// Default: no drain delay, 10 s grace period.
+    pub lifecycle: LifecycleSettings,
     /// The simulated payment provider.
     pub provider: ProviderSettings,
     /// Idempotency keys of `Authorize` (gRPC and Kafka share them). Defaults: keys live
@@ -50,6 +52,7 @@ impl Default for Config {
             },
             database: DatabaseSettings::local("payments"),
             kafka: KafkaSettings::default(),
+            lifecycle: LifecycleSettings::default(),
             provider: ProviderSettings {
                 decline_above_minor: 50_000,
             },
@@ -64,6 +67,7 @@ impl Config {
         let config: Self = config::load(PREFIX)?;
         config.database.validate(PREFIX)?;
         config.kafka.validate(PREFIX)?;
+        config.lifecycle.validate(PREFIX)?;
         config
             .idempotency
             .validate(&format!("{PREFIX}_IDEMPOTENCY"))

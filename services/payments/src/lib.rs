@@ -20,10 +20,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use faultline_idempotency::Store;
+use faultline_platform::grpc::mirror_readiness;
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
 use faultline_proto::payments::v1::payments_service_server::PaymentsServiceServer;
+use faultline_telemetry::http::HttpServerLayer;
+use faultline_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -37,9 +40,17 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Runs the payments service until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let life = Lifecycle::begin(&config.admin, &config.database, &MIGRATOR, &shutdown)
-        .await
-        .context("preparing the payments database")?;
+    let metrics = Metrics::new();
+    let life = Lifecycle::begin(
+        &config.admin,
+        &config.database,
+        &config.lifecycle,
+        &MIGRATOR,
+        metrics.clone(),
+        &shutdown,
+    )
+    .await
+    .context("preparing the payments database")?;
 
     faultline_idempotency::migrate(&life.pool)
         .await
@@ -48,7 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let reaper = tokio::spawn(faultline_idempotency::reaper::run(
         life.pool.clone(),
         Duration::from_secs(config.idempotency.reap_interval_secs),
-        shutdown.clone(),
+        life.background(),
     ));
     let provider = Arc::new(SimulatedProvider::new(config.provider.decline_above_minor));
     let wiring = Wiring {
@@ -62,7 +73,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pool: life.pool.clone(),
         keys: keys.clone(),
     };
-    let messaging = Messaging::start(&life.pool, &config.kafka, wiring, handler, &shutdown)
+    let messaging = Messaging::start(&life, &config.kafka, wiring, handler)
         .await
         .context("starting Kafka messaging")?;
 
@@ -72,22 +83,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     reporter
         .set_serving::<PaymentsServiceServer<PaymentsGrpc<SimulatedProvider>>>()
         .await;
+    let mirror = tokio::spawn(mirror_readiness(
+        life.health.clone(),
+        reporter,
+        "faultline.payments.v1.PaymentsService",
+        life.background(),
+    ));
     let grpc = Server::builder()
+        .layer(HttpServerLayer::new(metrics))
         .add_service(health_service)
         .add_service(PaymentsServiceServer::new(PaymentsGrpc::new(
             life.pool.clone(),
             provider,
             keys,
         )))
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming, life.serving().cancelled_owned());
 
     life.started();
     tracing::info!(listen = %config.grpc_listen, "payments is serving gRPC");
     let served = grpc.await;
-    if let Err(error) = reaper.await {
-        tracing::error!(%error, "idempotency reaper panicked");
-    }
-    life.end(messaging).await;
+    life.end(
+        messaging,
+        vec![("idempotency reaper", reaper), ("grpc health", mirror)],
+    )
+    .await;
     served.context("gRPC server failed")?;
     tracing::info!("payments stopped");
     Ok(())

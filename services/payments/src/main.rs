@@ -1,9 +1,18 @@
-//! The payments service binary: configuration from the environment, then [`payments::run`].
+//! The payments service binary: telemetry and configuration from the environment, then
+//! [`payments::run`] until SIGTERM, then a final flush of the tracer.
+
+use faultline_telemetry::TelemetryConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    faultline_telemetry::init("payments").map_err(|e| anyhow::anyhow!(e))?;
-    let config = payments::Config::load()?;
-    let shutdown = faultline_platform::shutdown::on_signals();
-    payments::run(config, shutdown).await
+    let telemetry = faultline_telemetry::init(TelemetryConfig::from_env("payments")?)?;
+    let result = match payments::Config::load() {
+        Ok(config) => payments::run(config, faultline_platform::shutdown::on_signals()).await,
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = &result {
+        tracing::error!(error = %format!("{error:#}"), "payments stopped with an error");
+    }
+    telemetry.shutdown();
+    result
 }
