@@ -7,7 +7,10 @@
 //!
 //! [`Client`] is also what the demo (`src/bin/demo.rs`) uses against a running system.
 
+pub mod broker;
 mod client;
+pub mod collector;
+pub mod proxy;
 mod system;
 
 pub use client::{Answer, Client, ProductSpec};

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
 use crate::client::Client;
+use crate::proxy::TcpProxy;
 
 /// One of the three services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -62,6 +63,12 @@ pub struct Options {
     pub saga_step_timeout: Duration,
     /// Payments declines amounts above this (cents).
     pub decline_above_cents: i64,
+    /// OTLP endpoint the services export traces to; none by default.
+    pub otlp_endpoint: Option<String>,
+    /// A broker of the test's own instead of the shared one.
+    pub brokers: Option<String>,
+    /// Route this service's database connections through a proxy the test can cut.
+    pub database_proxy: Option<Service>,
 }
 
 impl Default for Options {
@@ -69,6 +76,9 @@ impl Default for Options {
         Self {
             saga_step_timeout: Duration::from_secs(30),
             decline_above_cents: 50_000,
+            otlp_endpoint: None,
+            brokers: None,
+            database_proxy: None,
         }
     }
 }
@@ -88,6 +98,8 @@ pub struct System {
     pub client: Client,
     /// Payments' gRPC endpoint (`http://127.0.0.1:<port>`).
     pub payments_url: String,
+    /// The proxy in front of one service's database, if asked for.
+    pub database_proxy: Option<TcpProxy>,
     postgres_url: String,
     brokers: String,
     bin_dir: PathBuf,
@@ -130,8 +142,24 @@ impl System {
         let run_id = format!("e2e_{}_{}", std::process::id(), nanos % 1_000_000_000);
         let postgres_url = std::env::var("FAULTLINE_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        let brokers =
-            std::env::var("FAULTLINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let brokers = match &options.brokers {
+            Some(brokers) => brokers.clone(),
+            None => {
+                std::env::var("FAULTLINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+            }
+        };
+        let database_proxy = match options.database_proxy {
+            Some(_) => {
+                let target = postgres_url
+                    .rsplit('@')
+                    .next()
+                    .context("FAULTLINE_POSTGRES_URL needs a host")?
+                    .parse()
+                    .context("FAULTLINE_POSTGRES_URL's host must be ip:port for the proxy")?;
+                Some(TcpProxy::start(target).await?)
+            }
+            None => None,
+        };
         let bin_dir = bin_dir()?;
         for service in Service::ALL {
             let binary = bin_dir.join(service.name());
@@ -152,15 +180,22 @@ impl System {
         for service in Service::ALL {
             let prefix = service.prefix();
             let admin_port = free_port()?;
+            let database_server = match (&database_proxy, options.database_proxy) {
+                (Some(proxy), Some(proxied)) if proxied == service => {
+                    format!("postgres://postgres@127.0.0.1:{}", proxy.port)
+                }
+                _ => postgres_url.clone(),
+            };
             let mut env = vec![
                 ("RUST_LOG".to_owned(), "info".to_owned()),
+                ("FAULTLINE_LOG_FORMAT".to_owned(), "json".to_owned()),
                 (
                     format!("{prefix}_ADMIN__LISTEN"),
                     format!("127.0.0.1:{admin_port}"),
                 ),
                 (
                     format!("{prefix}_DATABASE__URL"),
-                    format!("{postgres_url}/{}_{run_id}", service.name()),
+                    format!("{database_server}/{}_{run_id}", service.name()),
                 ),
                 (format!("{prefix}_KAFKA__BROKERS"), brokers.clone()),
                 (
@@ -168,6 +203,10 @@ impl System {
                     topic_prefix.clone(),
                 ),
             ];
+            if let Some(endpoint) = &options.otlp_endpoint {
+                env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
+                env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+            }
             match service {
                 Service::Checkout => {
                     env.push((
@@ -214,6 +253,7 @@ impl System {
                 format!("http://127.0.0.1:{inventory_port}"),
             ),
             payments_url: format!("http://127.0.0.1:{payments_port}"),
+            database_proxy,
             run_id,
             postgres_url,
             brokers,
@@ -240,8 +280,8 @@ impl System {
             .append(true)
             .open(self.log_dir.join(format!("{}.log", service.name())))?;
         let child = Command::new(self.bin_dir.join(service.name()))
-            .envs(process.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(process.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -308,6 +348,20 @@ impl System {
             .await
             .context("service did not exit within 30 s")??;
         Ok(())
+    }
+
+    /// `GET` of `path` on `service`'s admin port: status and body.
+    pub async fn admin(&self, service: Service, path: &str) -> anyhow::Result<(u16, String)> {
+        let port = self.processes[&service].admin_port;
+        let response = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
+    /// Everything `service` has logged so far.
+    pub fn log(&self, service: Service) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(
+            self.log_dir.join(format!("{}.log", service.name())),
+        )?)
     }
 
     /// The full name of `topic` in this system.

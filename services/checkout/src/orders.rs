@@ -163,6 +163,7 @@ impl PendingOrder {
 
 /// Validates, prices and writes `order` and starts its saga, in one transaction that the
 /// caller commits ([`PendingOrder::commit`]). Dropping the result rolls everything back.
+#[tracing::instrument(name = "order place", skip_all, fields(order.id = tracing::field::Empty, customer.id = %order.customer_id))]
 pub async fn place<C: Catalog>(
     pool: &PgPool,
     catalog: &C,
@@ -214,6 +215,7 @@ pub async fn place<C: Catalog>(
         .to_owned();
 
     let order_id = Uuid::now_v7();
+    tracing::Span::current().record("order.id", tracing::field::display(order_id));
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO orders (id, customer_id, status, total_minor, currency)

@@ -74,6 +74,7 @@ async fn lock_reservation(
 
 /// Reserves every line for `order_id`, or nothing. Idempotent per order: asking again gives
 /// the first answer, and an order whose reservation was released cannot reserve again.
+#[tracing::instrument(name = "stock reserve", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
 pub async fn reserve(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -190,6 +191,7 @@ async fn try_reserve(
 
 /// Gives a reservation back. Idempotent; releasing an order that never reserved records a
 /// release, so a late `ReserveStock` for it is refused instead of holding stock forever.
+#[tracing::instrument(name = "stock release", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
 pub async fn release(conn: &mut PgConnection, order_id: Uuid) -> Result<(), StockError> {
     match lock_reservation(conn, order_id).await? {
         None => {
@@ -215,6 +217,7 @@ pub async fn release(conn: &mut PgConnection, order_id: Uuid) -> Result<(), Stoc
 }
 
 /// Turns a reservation into sold stock. Idempotent.
+#[tracing::instrument(name = "stock commit", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
 pub async fn commit(conn: &mut PgConnection, order_id: Uuid) -> Result<(), StockError> {
     let state = lock_reservation(conn, order_id)
         .await?

@@ -7,6 +7,7 @@
 use faultline_idempotency::{Fingerprint, Lease, LeaseError, STARTED};
 use faultline_proto::contract::validate_currency;
 use sqlx::{FromRow, PgConnection, PgPool};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::provider::{PaymentProvider, ProviderDecision, ProviderError, ProviderRequest};
@@ -213,6 +214,7 @@ impl AuthorizeRequest {
 ///
 /// A retry after a crash in step 2 or 3 takes the key over at `payment_created` and resumes
 /// at step 2.
+#[tracing::instrument(name = "payment authorize", skip_all, fields(order.id = %request.order_id, payment.recovery_point = lease.recovery_point()))]
 pub async fn authorize<P: PaymentProvider>(
     pool: &PgPool,
     provider: &P,
@@ -255,13 +257,34 @@ pub async fn authorize<P: PaymentProvider>(
         }
     };
 
+    // The provider is an external dependency: a client span, as for any remote call.
+    let psp = tracing::info_span!(
+        "psp authorize",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        "peer.service" = "payment-provider",
+        "payment.decision" = tracing::field::Empty,
+    );
     let decision = provider
         .authorize(ProviderRequest {
             idempotency_key: &request.idempotency_key,
             amount_minor: request.amount_minor,
             currency: &request.currency,
         })
-        .await?;
+        .instrument(psp.clone())
+        .await;
+    match &decision {
+        Ok(ProviderDecision::Approved { .. }) => {
+            psp.record("payment.decision", "approved");
+        }
+        Ok(ProviderDecision::Declined { .. }) => {
+            psp.record("payment.decision", "declined");
+        }
+        Err(_) => {
+            psp.record("otel.status_code", "ERROR");
+        }
+    }
+    let decision = decision?;
     record_decision(finish, payment_id, &decision).await?;
     Ok(match decision {
         ProviderDecision::Approved { .. } => Authorization::Authorized { payment_id },
@@ -328,6 +351,7 @@ async fn record_decision(
 }
 
 /// Captures the order's authorized payment and books it in the ledger. Idempotent.
+#[tracing::instrument(name = "payment capture", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
 pub async fn capture(conn: &mut PgConnection, order_id: Uuid) -> Result<Capture, PaymentError> {
     let Some(payment) = by_order_for_update(conn, order_id).await? else {
         return Err(PaymentError::NotCapturable {
@@ -374,6 +398,7 @@ pub async fn capture(conn: &mut PgConnection, order_id: Uuid) -> Result<Capture,
 
 /// Releases the order's authorization. Idempotent; voiding an order without an authorized
 /// payment (never authorized, declined, already voided) changes nothing.
+#[tracing::instrument(name = "payment void", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
 pub async fn void(conn: &mut PgConnection, order_id: Uuid) -> Result<(), PaymentError> {
     match by_order_for_update(conn, order_id).await? {
         Some(payment) if payment.status == "authorized" => {

@@ -1,0 +1,102 @@
+//! A Kafka-protocol broker of a test's own (tansu on its sqlite engine, as `make` runs it),
+//! for tests that stop and restart the broker without disturbing the shared one.
+//!
+//! The binary is `FAULTLINE_TANSU_BIN` (the Makefile sets it from `scripts/deps.sh`), else
+//! where `scripts/deps.sh` builds it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// A broker process with its own port and data directory.
+#[derive(Debug)]
+pub struct Broker {
+    /// `127.0.0.1:<port>`.
+    pub address: String,
+    port: u16,
+    dir: PathBuf,
+    binary: PathBuf,
+    child: Option<Child>,
+}
+
+fn binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("FAULTLINE_TANSU_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    let tools =
+        std::env::var("FAULTLINE_TOOLS").unwrap_or_else(|_| format!("{home}/.cache/faultline"));
+    Ok(PathBuf::from(tools).join("tansu-0.6.0-libsql-dynostore/bin/tansu"))
+}
+
+impl Broker {
+    /// Starts a broker on a free port with an empty data directory under `dir`.
+    pub async fn start(dir: PathBuf) -> anyhow::Result<Self> {
+        let binary = binary()?;
+        if !binary.exists() {
+            bail!(
+                "{} not found; run scripts/deps.sh up (make test does) or set FAULTLINE_TANSU_BIN",
+                binary.display()
+            );
+        }
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut broker = Self {
+            address: format!("127.0.0.1:{port}"),
+            port,
+            dir,
+            binary,
+            child: None,
+        };
+        broker.resume().await?;
+        Ok(broker)
+    }
+
+    /// Kills the broker (its data stays).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))?;
+        let listen = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(&self.binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &listen,
+                "--advertised-listener-url",
+                &listen,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting tansu")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(&self.address).await.is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("tansu did not listen on {} within 20 s", self.address);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
