@@ -1,1 +1,110 @@
-fn main() {}
+//! Per-call overhead of the full client stack, against the bare service and against
+//! tower's stock `Timeout` + `Retry` pair, on an in-process service that answers at once.
+//!
+//! All three run in one criterion group, so their ratios come from the same run on the
+//! same (noisy) machine. Each measured iteration is `ready().await` + `call().await` on
+//! one long-lived service, the way a client holding a stack uses it.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use faultline_resilience::{ClientConfig, ClientStack};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+
+/// The bare service: answers at once.
+fn bare() -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send {
+    service_fn(|request: u64| async move { Ok::<u64, BoxError>(request) })
+}
+
+/// The smallest retry policy one would write with tower alone: up to three attempts,
+/// drawing on the same kind of budget, no backoff.
+#[derive(Clone)]
+struct StockPolicy {
+    attempts: u32,
+    budget: Arc<TpsBudget>,
+}
+
+impl<Req: Clone, Res> tower::retry::Policy<Req, Res, BoxError> for StockPolicy {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _req: &mut Req,
+        result: &mut Result<Res, BoxError>,
+    ) -> Option<Self::Future> {
+        self.attempts += 1;
+        if self.attempts == 1 {
+            self.budget.deposit();
+        }
+        match result {
+            Ok(_) => None,
+            Err(_) if self.attempts < 3 && self.budget.withdraw() => Some(std::future::ready(())),
+            Err(_) => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+fn measure<S>(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    svc: S,
+) where
+    S: Service<u64, Response = u64> + Clone + 'static,
+    S::Error: std::fmt::Debug,
+{
+    c.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut svc = svc.clone();
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let ready = svc.ready().await.unwrap();
+                    black_box(ready.call(black_box(i)).await.unwrap());
+                }
+                start.elapsed()
+            }
+        })
+    });
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // Timers and clocks need the runtime's context when the services are built.
+    let _guard = rt.enter();
+
+    let stock = ServiceBuilder::new()
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
+            500,
+        )))
+        .layer(tower::retry::RetryLayer::new(StockPolicy {
+            attempts: 0,
+            budget: Arc::new(TpsBudget::default()),
+        }))
+        .service(bare());
+    let full = ClientStack::new("bench", &ClientConfig::default())
+        .unwrap()
+        .idempotent()
+        .layer(bare());
+
+    let mut group = c.benchmark_group("per_call");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    measure(&mut group, "bare_service", &rt, bare());
+    measure(&mut group, "tower_timeout_retry", &rt, stock);
+    measure(&mut group, "full_client_stack", &rt, full);
+    group.finish();
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);
