@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use faultline_resilience::{ClientConfig, ClientStack};
+use faultline_resilience::{
+    AllErrorsTransient, ClientConfig, ClientStack, HedgeLayer, Idempotent, RetryLayer, TimeoutLayer,
+};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
@@ -103,6 +105,51 @@ fn overhead(c: &mut Criterion) {
     measure(&mut group, "bare_service", &rt, bare());
     measure(&mut group, "tower_timeout_retry", &rt, stock);
     measure(&mut group, "full_client_stack", &rt, full);
+    group.finish();
+
+    // What each of our layers costs alone over the bare service, to find the hot spots.
+    let config = ClientConfig::default();
+    let stack = ClientStack::new("bench", &config).unwrap().idempotent();
+    let mut group = c.benchmark_group("per_layer");
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    measure(&mut group, "bulkhead", &rt, stack.bulkhead().layer(bare()));
+    measure(
+        &mut group,
+        "total_timeout",
+        &rt,
+        TimeoutLayer::total(config.timeout.total()).layer(bare()),
+    );
+    measure(
+        &mut group,
+        "retry",
+        &rt,
+        RetryLayer::new(
+            &config.retry,
+            stack.budget().clone(),
+            AllErrorsTransient,
+            Idempotent,
+        )
+        .layer(bare()),
+    );
+    measure(
+        &mut group,
+        "breaker",
+        &rt,
+        stack.breaker().layer(AllErrorsTransient).layer(bare()),
+    );
+    measure(
+        &mut group,
+        "attempt_timeout",
+        &rt,
+        TimeoutLayer::per_attempt(config.timeout.attempt()).layer(bare()),
+    );
+    measure(
+        &mut group,
+        "hedge_disabled",
+        &rt,
+        HedgeLayer::new(&config.hedge, stack.budget().clone(), Idempotent).layer(bare()),
+    );
     group.finish();
 }
 

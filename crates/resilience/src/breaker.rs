@@ -28,7 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
@@ -267,7 +267,8 @@ impl std::fmt::Debug for CircuitBreaker {
 pub struct Permit {
     generation: u64,
     state: State,
-    start: Instant,
+    /// When the call started; `None` until the layer sees it wait (see [`BreakerService`]).
+    start: Option<Instant>,
 }
 
 impl CircuitBreaker {
@@ -348,22 +349,26 @@ impl CircuitBreaker {
     /// Asks to make a call. Fails with [`ResilienceError::CircuitOpen`] when open, forced
     /// open, or half-open with every probe slot taken.
     pub fn try_acquire(&self) -> Result<Permit, ResilienceError> {
+        self.admit(true)
+    }
+
+    /// Admission; `stamp` says whether to read the clock for the call's start now.
+    fn admit(&self, stamp: bool) -> Result<Permit, ResilienceError> {
         let shared = &*self.shared;
         loop {
             let word = shared.state.load(Ordering::Acquire);
             let (generation, state) = decode(word);
-            let now = Instant::now();
             let permit = Permit {
                 generation,
                 state,
-                start: now,
+                start: stamp.then(Instant::now),
             };
             match state {
                 State::Closed | State::ForcedClosed => return Ok(permit),
                 State::ForcedOpen => return Err(shared.refuse(shared.settings.open_wait)),
                 State::Open => {
                     let until = shared.open_until.load(Ordering::Acquire);
-                    let now_nanos = shared.nanos(now);
+                    let now_nanos = shared.nanos(Instant::now());
                     if now_nanos < until {
                         return Err(shared.refuse(Duration::from_nanos(until - now_nanos)));
                     }
@@ -391,14 +396,18 @@ impl CircuitBreaker {
         if permit.state == State::ForcedClosed {
             return;
         }
-        let now = Instant::now();
         let mut bits = RECORDED;
         match outcome {
             None => {}
             Some(class) if class.is_failure() => bits |= FAILURE,
             Some(_) => return self.release(permit),
         }
-        if now.saturating_duration_since(permit.start) >= shared.settings.slow_call {
+        // The clock is read only when something needs it: a timed call's duration, or the
+        // current second of a time-based window.
+        let now = (permit.start.is_some() || shared.window.is_timed()).then(Instant::now);
+        if let (Some(start), Some(now)) = (permit.start, now)
+            && now.saturating_duration_since(start) >= shared.settings.slow_call
+        {
             bits |= SLOW;
         }
         let word = encode(permit.generation, permit.state);
@@ -407,7 +416,8 @@ impl CircuitBreaker {
         }
         match permit.state {
             State::Closed => {
-                if let Some(tally) = shared.window.record(bits, shared.now_sec(now))
+                let now_sec = now.map_or(0, |now| shared.now_sec(now));
+                if let Some(tally) = shared.window.record(bits, now_sec)
                     && tally.calls >= shared.settings.minimum_calls
                     && shared.exceeds(tally)
                 {
@@ -573,6 +583,10 @@ impl<S, C: Clone> Layer<S> for BreakerLayer<C> {
 }
 
 /// The service made by [`BreakerLayer`].
+///
+/// A call's duration (for the slow-call rate) is measured from the first time its future
+/// is found waiting, not from `call`: the two differ by the work of one poll, and a call
+/// answered without waiting (an in-process service, a cache hit) then costs no clock read.
 #[derive(Debug, Clone)]
 pub struct BreakerService<S, C> {
     inner: S,
@@ -595,7 +609,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match self.breaker.try_acquire() {
+        match self.breaker.admit(false) {
             Ok(permit) => BreakerFuture {
                 inner: Some(self.inner.call(request)),
                 refused: None,
@@ -653,7 +667,19 @@ where
             let refused = this.refused.take().unwrap_or(ResilienceError::Throttled);
             return Poll::Ready(Err(refused.boxed()));
         };
-        let result = ready!(inner.poll(cx)).map_err(Into::into);
+        let result = match inner.poll(cx) {
+            Poll::Ready(result) => result.map_err(Into::into),
+            Poll::Pending => {
+                // The call waits: start its clock. A call answered on its first poll never
+                // waited and is not slow, and costs no clock reads.
+                if let Some(permit) = this.guard.as_mut().and_then(|g| g.permit.as_mut())
+                    && permit.start.is_none()
+                {
+                    permit.start = Some(Instant::now());
+                }
+                return Poll::Pending;
+            }
+        };
         if let Some(guard) = this.guard {
             if let Some(permit) = guard.permit.take() {
                 let outcome = classify(&guard.classifier, result.as_ref().map_err(|e| &**e));

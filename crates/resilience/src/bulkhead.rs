@@ -3,7 +3,10 @@
 //! tower's `ConcurrencyLimit` waits for a slot for as long as it takes, in `poll_ready`,
 //! and only for one pool. A bulkhead must fail after a bounded wait (a caller holding a
 //! request for seconds is an outage of its own) and may partition by key, so it is written
-//! here on tokio's `Semaphore`. A slot is taken in `call`: when one is free the inner
+//! here. Slots are an atomic counter (taking and returning one is a single atomic
+//! operation; tokio's `Semaphore` locks its waiter list on every release, which showed up
+//! as most of this layer's cost), with a tokio `Notify` for the callers that wait. A slot
+//! is taken in `call`: when one is free the inner
 //! service is called at once; otherwise the future waits up to `max_wait_ms`, then fails
 //! with [`ResilienceError::BulkheadFull`]. The slot is held until the response future
 //! completes or is dropped.
@@ -16,13 +19,14 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
@@ -54,10 +58,83 @@ impl BulkheadConfig {
     /// Rejects settings that cannot work, naming the setting.
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         positive(path, "MAX_CONCURRENT", u64::from(self.max_concurrent))?;
-        if self.max_concurrent as usize > Semaphore::MAX_PERMITS {
-            return Err(ConfigError::new(path, "MAX_CONCURRENT", "is too large"));
-        }
         Ok(())
+    }
+}
+
+/// A counting semaphore whose uncontended path is one atomic operation.
+#[derive(Debug)]
+struct Slots {
+    available: AtomicUsize,
+    /// Callers waiting in [`Slots::acquire`]; releases notify only when there are some.
+    waiting: AtomicUsize,
+    notify: Notify,
+}
+
+impl Slots {
+    fn new(count: usize) -> Arc<Self> {
+        Arc::new(Self {
+            available: AtomicUsize::new(count),
+            waiting: AtomicUsize::new(0),
+            notify: Notify::new(),
+        })
+    }
+
+    fn try_take(&self) -> bool {
+        self.available
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        // SeqCst on both sides (here and in `acquire`): either this release sees the
+        // waiter's registration, or the waiter's retry sees this slot.
+        self.available.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits for a slot (cancel by dropping; the timeout lives in the caller).
+    async fn acquire(self: Arc<Self>) -> Slot {
+        struct Registered<'a>(&'a AtomicUsize);
+        impl Drop for Registered<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _registered = {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            Registered(&self.waiting)
+        };
+        loop {
+            let notified = self.notify.notified();
+            if self.try_take() {
+                break;
+            }
+            notified.await;
+        }
+        drop(_registered);
+        Slot(self)
+    }
+
+    fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.try_take().then(|| Slot(self.clone()))
+    }
+}
+
+/// A taken slot, returned on drop.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
+
+impl Slots {
+    fn available(&self) -> usize {
+        self.available.load(Ordering::Relaxed)
     }
 }
 
@@ -65,7 +142,7 @@ impl BulkheadConfig {
 #[derive(Debug, Clone)]
 pub struct Bulkhead {
     name: Arc<str>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     max_wait: Duration,
 }
 
@@ -74,14 +151,14 @@ impl Bulkhead {
     pub fn new(name: &str, config: &BulkheadConfig) -> Self {
         Self {
             name: name.into(),
-            slots: Arc::new(Semaphore::new(config.max_concurrent as usize)),
+            slots: Slots::new(config.max_concurrent as usize),
             max_wait: Duration::from_millis(config.max_wait_ms),
         }
     }
 
     /// Slots free right now.
     pub fn available(&self) -> usize {
-        self.slots.available_permits()
+        self.slots.available()
     }
 }
 
@@ -131,20 +208,20 @@ fn enter<S, Req>(
     inner: &mut S,
     request: Req,
     name: &Arc<str>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     max_wait: Duration,
 ) -> BulkheadFuture<S, Req>
 where
     S: Service<Req> + Clone,
 {
-    match slots.clone().try_acquire_owned() {
-        Ok(slot) => BulkheadFuture {
+    match slots.try_acquire() {
+        Some(slot) => BulkheadFuture {
             state: Phase::Running {
                 future: inner.call(request),
                 _slot: slot,
             },
         },
-        Err(_) if max_wait.is_zero() => BulkheadFuture {
+        None if max_wait.is_zero() => BulkheadFuture {
             state: Phase::Full {
                 error: Some(ResilienceError::BulkheadFull {
                     name: name.clone(),
@@ -152,15 +229,15 @@ where
                 }),
             },
         },
-        Err(_) => {
+        None => {
             // `inner` was made ready for this call; take it and leave a clone behind, the
             // usual tower move for a call that must wait before using the service.
             let clone = inner.clone();
             let ready = std::mem::replace(inner, clone);
             BulkheadFuture {
                 state: Phase::Waiting {
-                    acquire: Box::pin(slots.acquire_owned()),
-                    timer: tokio::time::sleep(max_wait),
+                    acquire: Box::pin(slots.acquire()),
+                    timer: Box::pin(tokio::time::sleep(max_wait)),
                     started: Instant::now(),
                     name: name.clone(),
                     pending: Some((ready, request)),
@@ -170,8 +247,7 @@ where
     }
 }
 
-type Acquire =
-    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
+type Acquire = Pin<Box<dyn Future<Output = Slot> + Send>>;
 
 pin_project! {
     /// The response future of the bulkhead services.
@@ -186,8 +262,7 @@ pin_project! {
     enum Phase<S, Req> where S: Service<Req> {
         Waiting {
             acquire: Acquire,
-            #[pin]
-            timer: Sleep,
+            timer: Pin<Box<Sleep>>,
             started: Instant,
             name: Arc<str>,
             pending: Option<(S, Req)>,
@@ -195,7 +270,7 @@ pin_project! {
         Running {
             #[pin]
             future: S::Future,
-            _slot: OwnedSemaphorePermit,
+            _slot: Slot,
         },
         Full {
             error: Option<ResilienceError>,
@@ -229,18 +304,9 @@ where
                     pending,
                 } => {
                     let slot = match acquire.as_mut().poll(cx) {
-                        Poll::Ready(Ok(slot)) => slot,
-                        // The semaphore is never closed; treat it as full if it ever is.
-                        Poll::Ready(Err(_)) => {
-                            let error = ResilienceError::BulkheadFull {
-                                name: name.clone(),
-                                waited: started.elapsed(),
-                            };
-                            this.state.set(Phase::Full { error: Some(error) });
-                            continue;
-                        }
+                        Poll::Ready(slot) => slot,
                         Poll::Pending => {
-                            ready!(timer.poll(cx));
+                            ready!(timer.as_mut().poll(cx));
                             let error = ResilienceError::BulkheadFull {
                                 name: name.clone(),
                                 waited: started.elapsed(),
@@ -273,7 +339,7 @@ pub struct KeyedBulkhead<K, F> {
 }
 
 struct Pools<K> {
-    map: HashMap<K, Arc<Semaphore>>,
+    map: HashMap<K, Arc<Slots>>,
     prune_above: usize,
 }
 
@@ -326,7 +392,7 @@ where
             .len()
     }
 
-    fn pool(&self, key: K) -> Arc<Semaphore> {
+    fn pool(&self, key: K) -> Arc<Slots> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         if pools.map.len() >= pools.prune_above {
             // A pool is idle when nobody but the map holds it: no slot taken, nobody waiting.
@@ -337,7 +403,7 @@ where
         pools
             .map
             .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(per_key)))
+            .or_insert_with(|| Slots::new(per_key))
             .clone()
     }
 }

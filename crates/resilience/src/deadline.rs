@@ -20,7 +20,16 @@ use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 
 tokio::task_local! {
-    static CURRENT: Deadline;
+    static CURRENT: Scope;
+}
+
+/// What the task-local holds: the deadline, and, while a layer's synchronous `call` runs
+/// its inner service's `call`, the instant that layer read, so nested layers called in the
+/// same breath do not read the clock again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scope {
+    deadline: Deadline,
+    now: Option<Instant>,
 }
 
 /// An instant by which a call must have finished.
@@ -56,7 +65,15 @@ impl Deadline {
     /// The deadline of the call being made on this task, if a layer (or [`Deadline::scope`])
     /// set one.
     pub fn current() -> Option<Deadline> {
-        CURRENT.try_with(|deadline| *deadline).ok()
+        CURRENT.try_with(|scope| scope.deadline).ok()
+    }
+
+    /// The current deadline and, inside a layer's synchronous `call`, the instant it read.
+    pub(crate) fn current_scope() -> (Option<Deadline>, Option<Instant>) {
+        match CURRENT.try_with(|scope| *scope) {
+            Ok(scope) => (Some(scope.deadline), scope.now),
+            Err(_) => (None, None),
+        }
     }
 
     /// This deadline or the current one, whichever is earlier.
@@ -69,14 +86,37 @@ impl Deadline {
 
     /// Runs `future` with this deadline (or the current one, if earlier) as
     /// [`Deadline::current`]. It does not enforce it: the timeout layers do.
-    pub fn scope<F: Future>(self, future: F) -> TaskLocalFuture<Deadline, F> {
-        CURRENT.scope(self.tightened(), future)
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        self.tightened().scope_exact(future)
+    }
+
+    /// Runs `future` with exactly this deadline (already tightened by the caller).
+    pub(crate) fn scope_exact<F: Future>(self, future: F) -> TaskLocalFuture<Scope, F> {
+        let scope = Scope {
+            deadline: self,
+            now: None,
+        };
+        CURRENT.scope(scope, future)
     }
 
     /// Runs `f` with this deadline (or the current one, if earlier) as the current deadline.
     /// Layers use it around `Service::call`, which builds the inner future synchronously.
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self.tightened(), f)
+        let scope = Scope {
+            deadline: self.tightened(),
+            now: None,
+        };
+        CURRENT.sync_scope(scope, f)
+    }
+
+    /// [`Deadline::sync_scope`] for a layer that read the clock at `now` (and already
+    /// tightened the deadline).
+    pub(crate) fn sync_scope_at<R>(self, now: Instant, f: impl FnOnce() -> R) -> R {
+        let scope = Scope {
+            deadline: self,
+            now: Some(now),
+        };
+        CURRENT.sync_scope(scope, f)
     }
 
     /// The `grpc-timeout` header value for the time left (the gRPC wire format: at most

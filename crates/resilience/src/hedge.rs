@@ -61,20 +61,23 @@ impl HedgeConfig {
     }
 }
 
+/// What every copy of an enabled hedge layer shares: one `Arc`, cloned once per call.
+struct Shared {
+    latencies: LatencyWindow,
+    budget: RetryBudget,
+}
+
 /// Hedges requests; see the module docs.
 pub struct HedgeLayer<I> {
-    enabled: bool,
-    latencies: Arc<LatencyWindow>,
-    budget: RetryBudget,
+    /// `None` when disabled, so a disabled layer clones nothing.
+    shared: Option<Arc<Shared>>,
     safety: I,
 }
 
 impl<I: Clone> Clone for HedgeLayer<I> {
     fn clone(&self) -> Self {
         Self {
-            enabled: self.enabled,
-            latencies: self.latencies.clone(),
-            budget: self.budget.clone(),
+            shared: self.shared.clone(),
             safety: self.safety.clone(),
         }
     }
@@ -83,7 +86,7 @@ impl<I: Clone> Clone for HedgeLayer<I> {
 impl<I> std::fmt::Debug for HedgeLayer<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HedgeLayer")
-            .field("enabled", &self.enabled)
+            .field("enabled", &self.shared.is_some())
             .finish()
     }
 }
@@ -91,22 +94,23 @@ impl<I> std::fmt::Debug for HedgeLayer<I> {
 impl<I> HedgeLayer<I> {
     /// Hedging per validated `config`, drawing on `budget`, for requests `safety` allows.
     pub fn new(config: &HedgeConfig, budget: RetryBudget, safety: I) -> Self {
-        Self {
-            enabled: config.enabled,
-            latencies: Arc::new(LatencyWindow::new(
-                Duration::from_millis(config.window_ms),
-                config.latency_percentile,
-                config.min_samples,
-            )),
-            budget,
-            safety,
-        }
+        let shared = config.enabled.then(|| {
+            Arc::new(Shared {
+                latencies: LatencyWindow::new(
+                    Duration::from_millis(config.window_ms),
+                    config.latency_percentile,
+                    config.min_samples,
+                ),
+                budget,
+            })
+        });
+        Self { shared, safety }
     }
 
     /// The current hedging delay: the percentile of the last complete period, if it had
-    /// enough samples.
+    /// enough samples (always `None` when disabled).
     pub fn delay(&self) -> Option<Duration> {
-        self.latencies.threshold()
+        self.shared.as_ref()?.latencies.threshold()
     }
 }
 
@@ -161,10 +165,16 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let layer = &self.layer;
-        let plan = if layer.enabled && layer.safety.is_retry_safe(&request) {
-            layer.latencies.threshold().map(|delay| {
+        let Some(shared) = &layer.shared else {
+            return HedgeFuture {
+                primary: Some(self.inner.call(request)),
+                hedging: None,
+            };
+        };
+        let plan = if layer.safety.is_retry_safe(&request) {
+            shared.latencies.threshold().map(|delay| {
                 (
-                    tokio::time::sleep(delay),
+                    Box::pin(tokio::time::sleep(delay)),
                     self.inner.clone(),
                     request.clone(),
                 )
@@ -179,16 +189,32 @@ where
         let now = Instant::now();
         HedgeFuture {
             primary: Some(self.inner.call(request)),
-            primary_start: now,
-            hedge: None,
-            hedge_start: now,
-            timer,
-            spare,
-            budget: layer.budget.clone(),
-            latencies: layer.latencies.clone(),
-            failed: None,
+            hedging: Some(Box::new(Hedging {
+                primary_start: now,
+                hedge: None,
+                hedge_start: now,
+                timer,
+                spare,
+                shared: shared.clone(),
+                failed: None,
+            })),
         }
     }
+}
+
+/// The state of a hedged call, boxed so that a disabled hedge layer adds nothing to the
+/// size of the futures around it.
+struct Hedging<S, Req>
+where
+    S: Service<Req>,
+{
+    primary_start: Instant,
+    hedge: Option<Pin<Box<S::Future>>>,
+    hedge_start: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    spare: Option<(S, Req)>,
+    shared: Arc<Shared>,
+    failed: Option<BoxError>,
 }
 
 pin_project! {
@@ -196,16 +222,7 @@ pin_project! {
     pub struct HedgeFuture<S, Req> where S: Service<Req> {
         #[pin]
         primary: Option<S::Future>,
-        primary_start: Instant,
-        #[pin]
-        hedge: Option<S::Future>,
-        hedge_start: Instant,
-        #[pin]
-        timer: Option<Sleep>,
-        spare: Option<(S, Req)>,
-        budget: RetryBudget,
-        latencies: Arc<LatencyWindow>,
-        failed: Option<BoxError>,
+        hedging: Option<Box<Hedging<S, Req>>>,
     }
 }
 
@@ -218,30 +235,37 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let Some(hedging) = this.hedging.as_deref_mut() else {
+            // Hedging disabled: a pass-through.
+            return match this.primary.as_pin_mut() {
+                Some(primary) => primary.poll(cx).map_err(Into::into),
+                None => Poll::Ready(Err("hedged request polled after completion".into())),
+            };
+        };
 
         // When the timer fires, send the hedge if the budget allows.
-        if let Some(timer) = this.timer.as_mut().as_pin_mut()
-            && timer.poll(cx).is_ready()
+        if let Some(timer) = hedging.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
         {
-            if let Some((service, _)) = this.spare.as_mut() {
-                match service.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        this.timer.set(None);
-                        if let Some((mut service, request)) = this.spare.take()
-                            && this.budget.withdraw()
-                        {
-                            *this.hedge_start = Instant::now();
-                            this.hedge.set(Some(service.call(request)));
-                        }
+            match hedging
+                .spare
+                .as_mut()
+                .map(|(service, _)| service.poll_ready(cx))
+            {
+                Some(Poll::Pending) => {}
+                Some(Poll::Ready(Ok(()))) => {
+                    hedging.timer = None;
+                    if let Some((mut service, request)) = hedging.spare.take()
+                        && hedging.shared.budget.withdraw()
+                    {
+                        hedging.hedge_start = Instant::now();
+                        hedging.hedge = Some(Box::pin(service.call(request)));
                     }
-                    Poll::Ready(Err(_)) => {
-                        this.timer.set(None);
-                        *this.spare = None;
-                    }
-                    Poll::Pending => {}
                 }
-            } else {
-                this.timer.set(None);
+                Some(Poll::Ready(Err(_))) | None => {
+                    hedging.timer = None;
+                    hedging.spare = None;
+                }
             }
         }
 
@@ -249,34 +273,40 @@ where
             && let Poll::Ready(result) = primary.poll(cx)
         {
             this.primary.set(None);
-            this.timer.set(None);
-            *this.spare = None;
+            hedging.timer = None;
+            hedging.spare = None;
             match result {
                 Ok(response) => {
-                    this.latencies.record(this.primary_start.elapsed());
+                    hedging
+                        .shared
+                        .latencies
+                        .record(hedging.primary_start.elapsed());
                     return Poll::Ready(Ok(response));
                 }
-                Err(error) if this.hedge.is_some() => *this.failed = Some(error.into()),
+                Err(error) if hedging.hedge.is_some() => hedging.failed = Some(error.into()),
                 Err(error) => return Poll::Ready(Err(error.into())),
             }
         }
 
-        if let Some(hedge) = this.hedge.as_mut().as_pin_mut()
-            && let Poll::Ready(result) = hedge.poll(cx)
+        if let Some(hedge) = hedging.hedge.as_mut()
+            && let Poll::Ready(result) = hedge.as_mut().poll(cx)
         {
-            this.hedge.set(None);
+            hedging.hedge = None;
             match result {
                 Ok(response) => {
-                    this.latencies.record(this.hedge_start.elapsed());
+                    hedging
+                        .shared
+                        .latencies
+                        .record(hedging.hedge_start.elapsed());
                     return Poll::Ready(Ok(response));
                 }
-                Err(error) if this.primary.is_some() => *this.failed = Some(error.into()),
+                Err(error) if this.primary.is_some() => hedging.failed = Some(error.into()),
                 Err(error) => return Poll::Ready(Err(error.into())),
             }
         }
 
-        if this.primary.is_none() && this.hedge.is_none() {
-            let error = this
+        if this.primary.is_none() && hedging.hedge.is_none() {
+            let error = hedging
                 .failed
                 .take()
                 .unwrap_or_else(|| "hedged request polled after completion".into());

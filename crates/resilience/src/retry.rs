@@ -13,6 +13,7 @@
 //!   outage does not multiply load. When the budget says no, the call fails with
 //!   [`ResilienceError::BudgetExhausted`] wrapping the last error.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -241,9 +242,15 @@ where
     I: RetrySafety<Req>,
     Req: Clone,
 {
-    type Future = Sleep;
+    // Boxed so that tower's retry future, which holds it inline, stays small on the
+    // no-retry path; the allocation happens only when a retry is due.
+    type Future = Pin<Box<Sleep>>;
 
-    fn retry(&mut self, request: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Sleep> {
+    fn retry(
+        &mut self,
+        request: &mut Req,
+        result: &mut Result<Res, BoxError>,
+    ) -> Option<Self::Future> {
         self.attempts += 1;
         if self.attempts == 1 {
             self.budget.deposit();
@@ -254,7 +261,7 @@ where
         }
         match self.next_delay(class) {
             Decision::Stop => None,
-            Decision::Wait(delay) => Some(tokio::time::sleep(delay)),
+            Decision::Wait(delay) => Some(Box::pin(tokio::time::sleep(delay))),
             Decision::OutOfBudget => {
                 if let Err(last) = result {
                     let last = std::mem::replace(last, ResilienceError::Throttled.boxed());

@@ -222,7 +222,7 @@ impl AdaptiveThrottle {
     /// A layer throttling with this state, judging acceptance with `classifier`.
     pub fn layer<C>(&self, classifier: C) -> ThrottleLayer<C> {
         ThrottleLayer {
-            throttle: self.clone(),
+            throttle: self.state.enabled.then(|| self.clone()),
             classifier,
         }
     }
@@ -231,7 +231,8 @@ impl AdaptiveThrottle {
 /// Applies an [`AdaptiveThrottle`].
 #[derive(Debug, Clone)]
 pub struct ThrottleLayer<C> {
-    throttle: AdaptiveThrottle,
+    /// `None` when disabled: the services it makes pass calls through and clone nothing.
+    throttle: Option<AdaptiveThrottle>,
     classifier: C,
 }
 
@@ -251,7 +252,7 @@ impl<S, C: Clone> Layer<S> for ThrottleLayer<C> {
 #[derive(Debug, Clone)]
 pub struct ThrottleService<S, C> {
     inner: S,
-    throttle: AdaptiveThrottle,
+    throttle: Option<AdaptiveThrottle>,
     classifier: C,
 }
 
@@ -270,16 +271,16 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        if !self.throttle.state.enabled {
+        let Some(throttle) = &self.throttle else {
             return ThrottleFuture {
                 inner: Some(self.inner.call(request)),
                 tracking: None,
             };
-        }
-        if self.throttle.admit() {
+        };
+        if throttle.admit() {
             ThrottleFuture {
                 inner: Some(self.inner.call(request)),
-                tracking: Some((self.throttle.clone(), self.classifier.clone())),
+                tracking: Some((throttle.clone(), self.classifier.clone())),
             }
         } else {
             ThrottleFuture {

@@ -23,7 +23,7 @@ use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
 use crate::config::{ConfigError, positive};
-use crate::deadline::Deadline;
+use crate::deadline::{Deadline, Scope};
 use crate::error::ResilienceError;
 
 /// Timeouts for calls to one downstream.
@@ -142,12 +142,14 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let own = Instant::now() + self.limit;
-        let (deadline, error) = match Deadline::current() {
+        let (inherited, now) = Deadline::current_scope();
+        let now = now.unwrap_or_else(Instant::now);
+        let own = now + self.limit;
+        let (deadline, error) = match inherited {
             Some(inherited) if inherited.instant() <= own => (
                 inherited,
                 ResilienceError::DeadlineExceeded {
-                    budget: inherited.remaining(),
+                    budget: inherited.instant().saturating_duration_since(now),
                 },
             ),
             _ => (
@@ -160,9 +162,9 @@ where
                 },
             ),
         };
-        let inner = deadline.sync_scope(|| self.inner.call(request));
+        let inner = deadline.sync_scope_at(now, || self.inner.call(request));
         TimeoutFuture {
-            inner: deadline.scope(inner),
+            inner: deadline.scope_exact(inner),
             sleep: None,
             deadline: deadline.instant(),
             error: Some(error),
@@ -174,9 +176,10 @@ pin_project! {
     /// The response future of [`TimeoutService`].
     pub struct TimeoutFuture<F> where F: Future {
         #[pin]
-        inner: TaskLocalFuture<Deadline, F>,
-        #[pin]
-        sleep: Option<Sleep>,
+        inner: TaskLocalFuture<Scope, F>,
+        // Boxed: created only on the slow path, and keeps this future (which every layer
+        // above embeds) small to move.
+        sleep: Option<Pin<Box<Sleep>>>,
         deadline: Instant,
         error: Option<ResilienceError>,
     }
@@ -190,17 +193,14 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        if this.sleep.is_none() {
-            this.sleep
-                .set(Some(tokio::time::sleep_until(*this.deadline)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-        }
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*this.deadline)));
+        ready!(sleep.as_mut().poll(cx));
         let error = this
             .error
             .take()

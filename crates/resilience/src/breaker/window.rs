@@ -66,6 +66,11 @@ impl Window {
 
     /// Records `outcome` at second `now_sec`; returns the new tally if it may have raised a
     /// rate (and `None` when nothing changed).
+    /// Whether recording needs the current second.
+    pub(super) fn is_timed(&self) -> bool {
+        matches!(self, Self::Time(_))
+    }
+
     pub(super) fn record(&self, outcome: u8, now_sec: u64) -> Option<Tally> {
         match self {
             Self::Count(window) => window.record(outcome),
