@@ -94,6 +94,21 @@ fn overhead(c: &mut Criterion) {
             budget: Arc::new(TpsBudget::default()),
         }))
         .service(bare());
+    // The nearest tower-only stack to ours: concurrency limit, total timeout, retry,
+    // attempt timeout (tower has no breaker; its concurrency limit waits without bound).
+    let tower_equivalent = ServiceBuilder::new()
+        .layer(tower::limit::ConcurrencyLimitLayer::new(64))
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
+            2_000,
+        )))
+        .layer(tower::retry::RetryLayer::new(StockPolicy {
+            attempts: 0,
+            budget: Arc::new(TpsBudget::default()),
+        }))
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
+            500,
+        )))
+        .service(bare());
     let full = ClientStack::new("bench", &ClientConfig::default())
         .unwrap()
         .idempotent()
@@ -104,6 +119,12 @@ fn overhead(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     measure(&mut group, "bare_service", &rt, bare());
     measure(&mut group, "tower_timeout_retry", &rt, stock);
+    measure(
+        &mut group,
+        "tower_four_layer_equivalent",
+        &rt,
+        tower_equivalent,
+    );
     measure(&mut group, "full_client_stack", &rt, full);
     group.finish();
 
@@ -150,6 +171,20 @@ fn overhead(c: &mut Criterion) {
         &rt,
         HedgeLayer::new(&config.hedge, stack.budget().clone(), Idempotent).layer(bare()),
     );
+    measure(
+        &mut group,
+        "tower_timeout_alone",
+        &rt,
+        tower::timeout::TimeoutLayer::new(config.timeout.attempt()).layer(bare()),
+    );
+    // One clock read: the unit most of the layers above pay in. Benchmarks are built with
+    // the dev-dependencies, so tokio's `test-util` is on and `tokio::time::Instant::now`
+    // locks the runtime clock's mutex; in production it is `std::time::Instant::now`.
+    group.bench_function("tokio_clock_read", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(tokio::time::Instant::now()) })
+    });
+    group.bench_function("std_clock_read", |b| b.iter(|| black_box(Instant::now())));
     group.finish();
 }
 

@@ -7,20 +7,61 @@
 //! `grpc-timeout` (with tonic: [`Deadline::apply`], feature `tonic`), so the callee gives up
 //! when the caller has.
 //!
-//! The deadline travels in a tokio task-local rather than in the request, so it works for
+//! The deadline travels in a task-local scope rather than in the request, so it works for
 //! any request type without a trait to implement, every retry sees the remaining budget
 //! rather than the original one, and nested scopes can only tighten it. The cost is that it
 //! does not cross `tokio::spawn` (or `tower::buffer`): capture `Deadline::current()` before
 //! spawning and re-enter it with [`Deadline::scope`].
+//!
+//! The scope is a `Copy` value in a const-initialised thread-local `Cell`, set around each
+//! poll of the scoped future (and around the synchronous `Service::call`), rather than
+//! tokio's `task_local!`, whose `RefCell` and lazy initialisation cost about as much as the
+//! rest of a timeout layer on the per-call benchmark.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::task::futures::TaskLocalFuture;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-tokio::task_local! {
-    static CURRENT: Scope;
+thread_local! {
+    static CURRENT: Cell<Option<Scope>> = const { Cell::new(None) };
+}
+
+/// Makes `scope` current until dropped, then restores what was current before (also when
+/// the scoped code panics).
+struct Entered(Option<Scope>);
+
+fn enter(scope: Scope) -> Entered {
+    Entered(CURRENT.with(|current| current.replace(Some(scope))))
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        CURRENT.with(|current| current.set(self.0));
+    }
+}
+
+pin_project! {
+    /// A future run with a deadline scope current while it is polled.
+    pub struct Scoped<F> {
+        #[pin]
+        future: F,
+        scope: Scope,
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = enter(*this.scope);
+        this.future.poll(cx)
+    }
 }
 
 /// What the task-local holds: the deadline, and, while a layer's synchronous `call` runs
@@ -65,14 +106,16 @@ impl Deadline {
     /// The deadline of the call being made on this task, if a layer (or [`Deadline::scope`])
     /// set one.
     pub fn current() -> Option<Deadline> {
-        CURRENT.try_with(|scope| scope.deadline).ok()
+        CURRENT
+            .with(|current| current.get())
+            .map(|scope| scope.deadline)
     }
 
     /// The current deadline and, inside a layer's synchronous `call`, the instant it read.
     pub(crate) fn current_scope() -> (Option<Deadline>, Option<Instant>) {
-        match CURRENT.try_with(|scope| *scope) {
-            Ok(scope) => (Some(scope.deadline), scope.now),
-            Err(_) => (None, None),
+        match CURRENT.with(|current| current.get()) {
+            Some(scope) => (Some(scope.deadline), scope.now),
+            None => (None, None),
         }
     }
 
@@ -86,37 +129,39 @@ impl Deadline {
 
     /// Runs `future` with this deadline (or the current one, if earlier) as
     /// [`Deadline::current`]. It does not enforce it: the timeout layers do.
-    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+    pub fn scope<F: Future>(self, future: F) -> Scoped<F> {
         self.tightened().scope_exact(future)
     }
 
     /// Runs `future` with exactly this deadline (already tightened by the caller).
-    pub(crate) fn scope_exact<F: Future>(self, future: F) -> TaskLocalFuture<Scope, F> {
-        let scope = Scope {
-            deadline: self,
-            now: None,
-        };
-        CURRENT.scope(scope, future)
+    pub(crate) fn scope_exact<F: Future>(self, future: F) -> Scoped<F> {
+        Scoped {
+            future,
+            scope: Scope {
+                deadline: self,
+                now: None,
+            },
+        }
     }
 
     /// Runs `f` with this deadline (or the current one, if earlier) as the current deadline.
     /// Layers use it around `Service::call`, which builds the inner future synchronously.
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        let scope = Scope {
+        let _entered = enter(Scope {
             deadline: self.tightened(),
             now: None,
-        };
-        CURRENT.sync_scope(scope, f)
+        });
+        f()
     }
 
     /// [`Deadline::sync_scope`] for a layer that read the clock at `now` (and already
     /// tightened the deadline).
     pub(crate) fn sync_scope_at<R>(self, now: Instant, f: impl FnOnce() -> R) -> R {
-        let scope = Scope {
+        let _entered = enter(Scope {
             deadline: self,
             now: Some(now),
-        };
-        CURRENT.sync_scope(scope, f)
+        });
+        f()
     }
 
     /// The `grpc-timeout` header value for the time left (the gRPC wire format: at most

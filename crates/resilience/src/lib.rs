@@ -57,7 +57,7 @@ pub use classify::{
     AllErrorsTransient, Classifier, ErrorClass, ErrorRef, HttpStatusClassifier, parse_retry_after,
 };
 pub use config::ConfigError;
-pub use deadline::Deadline;
+pub use deadline::{Deadline, Scoped};
 pub use edge::{EdgeConfig, EdgeStack, RecoverLayer};
 pub use error::{HttpRejection, ResilienceError};
 #[cfg(feature = "tonic")]

@@ -18,12 +18,11 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
 use crate::config::{ConfigError, positive};
-use crate::deadline::{Deadline, Scope};
+use crate::deadline::{Deadline, Scoped};
 use crate::error::ResilienceError;
 
 /// Timeouts for calls to one downstream.
@@ -176,7 +175,7 @@ pin_project! {
     /// The response future of [`TimeoutService`].
     pub struct TimeoutFuture<F> where F: Future {
         #[pin]
-        inner: TaskLocalFuture<Scope, F>,
+        inner: Scoped<F>,
         // Boxed: created only on the slow path, and keeps this future (which every layer
         // above embeds) small to move.
         sleep: Option<Pin<Box<Sleep>>>,

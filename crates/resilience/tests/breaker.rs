@@ -556,3 +556,28 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn as_a_layer_it_times_calls_that_wait() {
+    let config = BreakerConfig {
+        slow_call_rate_threshold: 50.0,
+        ..small()
+    };
+    let breaker = CircuitBreaker::new("inventory", &config);
+    let svc = breaker
+        .layer(AllErrorsTransient)
+        .layer(service_fn(|delay: Duration| async move {
+            tokio::time::sleep(delay).await;
+            Ok::<(), BoxError>(())
+        }));
+    svc.clone().oneshot(MS * 1_500).await.unwrap();
+    svc.clone().oneshot(MS * 1_000).await.unwrap();
+    svc.clone().oneshot(MS * 999).await.unwrap();
+    assert_eq!(breaker.metrics().slow_call_rate, 200.0 / 3.0);
+    svc.clone().oneshot(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "2 of 4 calls took a second or more"
+    );
+}
