@@ -31,14 +31,19 @@ where
             let mut svc = svc.clone();
             tokio::spawn(async move {
                 for i in 0..per_task {
-                    let ready = svc.ready().await.unwrap();
-                    black_box(ready.call(black_box(i)).await.unwrap());
+                    let ready = svc.ready().await.expect("an always-ready service");
+                    black_box(
+                        ready
+                            .call(black_box(i))
+                            .await
+                            .expect("a healthy service never fails"),
+                    );
                 }
             })
         })
         .collect();
     for task in tasks {
-        task.await.unwrap();
+        task.await.expect("a benchmark task panicked");
     }
     start.elapsed()
 }
@@ -48,7 +53,7 @@ fn contention(c: &mut Criterion) {
         .worker_threads(2)
         .enable_time()
         .build()
-        .unwrap();
+        .expect("a tokio runtime");
     let _guard = rt.enter();
 
     let config = BreakerConfig {
@@ -65,7 +70,7 @@ fn contention(c: &mut Criterion) {
         .sliding_window_size(100)
         .minimum_number_of_calls(20)
         .build()
-        .unwrap()
+        .expect("a valid breaker configuration")
         .layer(bare());
 
     let mut group = c.benchmark_group("breaker_8_tasks");

@@ -68,8 +68,13 @@ fn measure<S>(
             async move {
                 let start = Instant::now();
                 for i in 0..iters {
-                    let ready = svc.ready().await.unwrap();
-                    black_box(ready.call(black_box(i)).await.unwrap());
+                    let ready = svc.ready().await.expect("an always-ready service");
+                    black_box(
+                        ready
+                            .call(black_box(i))
+                            .await
+                            .expect("a healthy service never fails"),
+                    );
                 }
                 start.elapsed()
             }
@@ -81,7 +86,7 @@ fn overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .unwrap();
+        .expect("a tokio runtime");
     // Timers and clocks need the runtime's context when the services are built.
     let _guard = rt.enter();
 
@@ -110,7 +115,7 @@ fn overhead(c: &mut Criterion) {
         )))
         .service(bare());
     let full = ClientStack::new("bench", &ClientConfig::default())
-        .unwrap()
+        .expect("the defaults are valid")
         .idempotent()
         .layer(bare());
 
@@ -130,7 +135,9 @@ fn overhead(c: &mut Criterion) {
 
     // What each of our layers costs alone over the bare service, to find the hot spots.
     let config = ClientConfig::default();
-    let stack = ClientStack::new("bench", &config).unwrap().idempotent();
+    let stack = ClientStack::new("bench", &config)
+        .expect("the defaults are valid")
+        .idempotent();
     let mut group = c.benchmark_group("per_layer");
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(2));

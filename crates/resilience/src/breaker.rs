@@ -680,11 +680,11 @@ where
                 return Poll::Pending;
             }
         };
-        if let Some(guard) = this.guard {
-            if let Some(permit) = guard.permit.take() {
-                let outcome = classify(&guard.classifier, result.as_ref().map_err(|e| &**e));
-                guard.breaker.record(permit, outcome);
-            }
+        if let Some(guard) = this.guard
+            && let Some(permit) = guard.permit.take()
+        {
+            let outcome = classify(&guard.classifier, result.as_ref().map_err(|e| &**e));
+            guard.breaker.record(permit, outcome);
         }
         Poll::Ready(result)
     }

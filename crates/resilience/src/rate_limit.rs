@@ -139,7 +139,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// Lets one request from `key` through, or says how long until it could be.
     pub fn check(&self, key: &K) -> Result<(), ResilienceError> {
         // Housekeeping every 1024 checks: `len` takes the store's lock, so not every time.
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 1_024 == 0
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(1_024)
             && self.gcra.len() > self.max_tracked_keys
         {
             self.gcra.retain_recent();

@@ -385,7 +385,7 @@ mod tests {
         assert_eq!(log.lock().unwrap().len(), 1);
 
         let log = Arc::new(Mutex::new(Vec::new()));
-        let keyed = RetryIf(|req: &u32| *req % 2 == 0);
+        let keyed = RetryIf(|req: &u32| req.is_multiple_of(2));
         let svc = RetryLayer::new(&cfg, RetryBudget::new(&cfg), AllErrorsTransient, keyed)
             .layer(flaky(1, log.clone()));
         assert_eq!(svc.oneshot(2).await.unwrap(), 2);

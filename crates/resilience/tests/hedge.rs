@@ -69,7 +69,10 @@ fn budget(percent: f64, floor: u32) -> RetryBudget {
 /// Ten calls of 10 ms, then a period boundary, so the p90 is known (about 10 ms).
 async fn warm_up<S: Service<&'static str, Response = u32, Error = BoxError> + Clone>(svc: &S) {
     for _ in 0..10 {
-        svc.clone().oneshot("sku").await.unwrap();
+        svc.clone()
+            .oneshot("sku")
+            .await
+            .expect("warm-up calls succeed");
     }
     advance(MS * 1_000).await;
 }

@@ -188,7 +188,7 @@ async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_rep
             async move {
                 let mut log = received.lock().unwrap();
                 log.push(request.idempotency_key.clone());
-                if log.len() % 2 == 1 {
+                if !log.len().is_multiple_of(2) {
                     Err::<&'static str, BoxError>("provider timed out".into())
                 } else {
                     Ok("authorized")
@@ -299,7 +299,7 @@ fn problem(error: BoxError) -> http::Response<String> {
         return http::Response::builder()
             .status(500)
             .body("internal error".into())
-            .unwrap();
+            .expect("a valid response");
     };
     let mut response = http::Response::builder()
         .status(rejection.status)
@@ -312,14 +312,14 @@ fn problem(error: BoxError) -> http::Response<String> {
             r#"{{"status":{},"detail":"{error}"}}"#,
             rejection.status.as_u16()
         ))
-        .unwrap()
+        .expect("a valid response")
 }
 
 fn get(path: &str, tenant: &str) -> http::Request<()> {
     http::Request::get(path)
         .header("x-tenant", tenant)
         .body(())
-        .unwrap()
+        .expect("a valid request")
 }
 
 #[tokio::test(start_paused = true)]
