@@ -621,7 +621,7 @@ where
             },
             Err(refused) => BreakerFuture {
                 inner: None,
-                refused: Some(refused),
+                refused: Some(refused.boxed()),
                 guard: None,
             },
         }
@@ -648,7 +648,7 @@ pin_project! {
     pub struct BreakerFuture<F, C> {
         #[pin]
         inner: Option<F>,
-        refused: Option<ResilienceError>,
+        refused: Option<BoxError>,
         guard: Option<Guard<C>>,
     }
 }
@@ -664,8 +664,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            let refused = this.refused.take().unwrap_or(ResilienceError::Throttled);
-            return Poll::Ready(Err(refused.boxed()));
+            let refused = this
+                .refused
+                .take()
+                .unwrap_or_else(|| ResilienceError::Throttled.boxed());
+            return Poll::Ready(Err(refused));
         };
         let result = match inner.poll(cx) {
             Poll::Ready(result) => result.map_err(Into::into),

@@ -35,11 +35,13 @@ thread_local! {
 /// the scoped code panics).
 struct Entered(Option<Scope>);
 
+#[inline]
 fn enter(scope: Scope) -> Entered {
     Entered(CURRENT.with(|current| current.replace(Some(scope))))
 }
 
 impl Drop for Entered {
+    #[inline]
     fn drop(&mut self) {
         CURRENT.with(|current| current.set(self.0));
     }
@@ -57,6 +59,7 @@ pin_project! {
 impl<F: Future> Future for Scoped<F> {
     type Output = F::Output;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let _entered = enter(*this.scope);

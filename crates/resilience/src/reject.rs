@@ -14,7 +14,7 @@ pin_project! {
     pub struct RejectOr<F> {
         #[pin]
         inner: Option<F>,
-        refused: Option<ResilienceError>,
+        refused: Option<BoxError>,
     }
 }
 
@@ -29,7 +29,7 @@ impl<F> RejectOr<F> {
     pub(crate) fn rejected(refused: ResilienceError) -> Self {
         Self {
             inner: None,
-            refused: Some(refused),
+            refused: Some(refused.boxed()),
         }
     }
 }
@@ -47,8 +47,11 @@ where
             Some(inner) => inner.poll(cx).map_err(Into::into),
             None => {
                 // Polled again after completion: report the refusal once, then a generic one.
-                let refused = this.refused.take().unwrap_or(ResilienceError::Throttled);
-                Poll::Ready(Err(refused.boxed()))
+                let refused = this
+                    .refused
+                    .take()
+                    .unwrap_or_else(|| ResilienceError::Throttled.boxed());
+                Poll::Ready(Err(refused))
             }
         }
     }

@@ -302,7 +302,7 @@ where
             },
             Err(refused) => ShedFuture {
                 inner: None,
-                refused: Some(refused),
+                refused: Some(refused.boxed()),
                 guard: None,
             },
         }
@@ -314,7 +314,7 @@ pin_project! {
     pub struct ShedFuture<F> {
         #[pin]
         inner: Option<F>,
-        refused: Option<ResilienceError>,
+        refused: Option<BoxError>,
         guard: Option<InflightGuard>,
     }
 }
@@ -329,8 +329,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            let refused = this.refused.take().unwrap_or(ResilienceError::Throttled);
-            return Poll::Ready(Err(refused.boxed()));
+            let refused = this
+                .refused
+                .take()
+                .unwrap_or_else(|| ResilienceError::Throttled.boxed());
+            return Poll::Ready(Err(refused));
         };
         let result = ready!(inner.poll(cx));
         if let Some(mut guard) = this.guard.take() {

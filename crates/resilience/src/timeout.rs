@@ -144,20 +144,16 @@ where
         let (inherited, now) = Deadline::current_scope();
         let now = now.unwrap_or_else(Instant::now);
         let own = now + self.limit;
-        let (deadline, error) = match inherited {
+        let (deadline, expiry) = match inherited {
             Some(inherited) if inherited.instant() <= own => (
                 inherited,
-                ResilienceError::DeadlineExceeded {
-                    budget: inherited.instant().saturating_duration_since(now),
-                },
+                Expiry::Deadline(inherited.instant().saturating_duration_since(now)),
             ),
             _ => (
                 Deadline::at(own),
                 match self.kind {
-                    Kind::Total => ResilienceError::DeadlineExceeded { budget: self.limit },
-                    Kind::Attempt => ResilienceError::AttemptTimedOut {
-                        timeout: self.limit,
-                    },
+                    Kind::Total => Expiry::Deadline(self.limit),
+                    Kind::Attempt => Expiry::Attempt(self.limit),
                 },
             ),
         };
@@ -166,7 +162,7 @@ where
             inner: deadline.scope_exact(inner),
             sleep: None,
             deadline: deadline.instant(),
-            error: Some(error),
+            expiry,
         }
     }
 }
@@ -180,8 +176,15 @@ pin_project! {
         // above embeds) small to move.
         sleep: Option<Pin<Box<Sleep>>>,
         deadline: Instant,
-        error: Option<ResilienceError>,
+        expiry: Expiry,
     }
+}
+
+/// Which error a timer firing means, kept small: the error is built only if it fires.
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    Deadline(Duration),
+    Attempt(Duration),
 }
 
 impl<F, T, E> Future for TimeoutFuture<F>
@@ -200,12 +203,10 @@ where
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*this.deadline)));
         ready!(sleep.as_mut().poll(cx));
-        let error = this
-            .error
-            .take()
-            .unwrap_or(ResilienceError::DeadlineExceeded {
-                budget: Duration::ZERO,
-            });
+        let error = match *this.expiry {
+            Expiry::Deadline(budget) => ResilienceError::DeadlineExceeded { budget },
+            Expiry::Attempt(timeout) => ResilienceError::AttemptTimedOut { timeout },
+        };
         Poll::Ready(Err(error.boxed()))
     }
 }
