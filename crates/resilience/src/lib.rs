@@ -47,8 +47,8 @@ mod timeout;
 
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{
-    BreakerConfig, BreakerLayer, BreakerMetrics, CircuitBreaker, Permit, State, StateChange,
-    WindowKind,
+    BreakerConfig, BreakerFuture, BreakerLayer, BreakerMetrics, BreakerService, CircuitBreaker,
+    Permit, State, StateChange, WindowKind,
 };
 pub use bulkhead::{
     Bulkhead, BulkheadConfig, BulkheadFuture, BulkheadService, KeyedBulkhead, KeyedBulkheadService,
@@ -58,20 +58,23 @@ pub use classify::{
 };
 pub use config::ConfigError;
 pub use deadline::{Deadline, Scoped};
-pub use edge::{EdgeConfig, EdgeStack, RecoverLayer};
+pub use edge::{EdgeConfig, EdgeService, EdgeStack, Recover, RecoverFuture, RecoverLayer};
 pub use error::{HttpRejection, ResilienceError};
 #[cfg(feature = "tonic")]
 pub use grpc::{GrpcClassifier, RETRY_PUSHBACK};
-pub use hedge::{HedgeConfig, HedgeLayer, HedgeService};
+pub use hedge::{HedgeConfig, HedgeFuture, HedgeLayer, HedgeService};
 pub use limit::Aimd;
 pub use rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitService, RateLimiter, TokioClock};
 pub use reject::RejectOr;
 pub use retry::{
     Idempotent, NeverRetry, RetryBudget, RetryConfig, RetryIf, RetryLayer, RetryPolicy, RetrySafety,
 };
-pub use shed::{AdaptiveLimiter, Priority, PriorityShedLayer, PriorityShedService, ShedConfig};
+pub use shed::{
+    AdaptiveLimiter, Priority, PriorityShedLayer, PriorityShedService, ShedConfig, ShedFuture,
+};
 pub use stack::{ClientConfig, ClientService, ClientStack};
 pub use throttle::{
-    AdaptiveThrottle, ThrottleConfig, ThrottleLayer, ThrottleService, rejection_probability,
+    AdaptiveThrottle, ThrottleConfig, ThrottleFuture, ThrottleLayer, ThrottleService,
+    rejection_probability,
 };
-pub use timeout::{TimeoutConfig, TimeoutLayer, TimeoutService};
+pub use timeout::{TimeoutConfig, TimeoutFuture, TimeoutLayer, TimeoutService};
