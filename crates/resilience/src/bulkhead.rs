@@ -1,0 +1,561 @@
+//! Bulkheads: at most N calls in flight per downstream (or per tenant), with a bounded wait.
+//!
+//! tower's `ConcurrencyLimit` waits for a slot for as long as it takes, in `poll_ready`,
+//! and only for one pool. A bulkhead must fail after a bounded wait (a caller holding a
+//! request for seconds is an outage of its own) and may partition by key, so it is written
+//! here. Slots are an atomic counter (taking and returning one is a single atomic
+//! operation; tokio's `Semaphore` locks its waiter list on every release, which showed up
+//! as most of this layer's cost), with a tokio `Notify` for the callers that wait. A slot
+//! is taken in `call`: when one is free the inner
+//! service is called at once; otherwise the future waits up to `max_wait_ms`, then fails
+//! with [`ResilienceError::BulkheadFull`]. The slot is held until the response future
+//! completes or is dropped.
+//!
+//! [`KeyedBulkhead`] gives each key (tenant, customer, ...) its own pool of
+//! `max_concurrent`, so one tenant's burst cannot take every slot. Idle keys are pruned as
+//! the map grows, so memory follows the number of busy keys, not of keys ever seen.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+use tower::{BoxError, Layer, Service};
+
+use crate::config::{ConfigError, positive};
+use crate::error::ResilienceError;
+
+/// Bulkhead settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkheadConfig {
+    /// Calls in flight at once (per key, for a keyed bulkhead)
+    /// (`..__BULKHEAD__MAX_CONCURRENT`). Default 64.
+    pub max_concurrent: u32,
+    /// How long a call may wait for a slot; 0 rejects at once
+    /// (`..__BULKHEAD__MAX_WAIT_MS`). Default 50.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BulkheadConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 64,
+            max_wait_ms: 50,
+        }
+    }
+}
+
+impl BulkheadConfig {
+    /// Rejects settings that cannot work, naming the setting.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        positive(path, "MAX_CONCURRENT", u64::from(self.max_concurrent))?;
+        Ok(())
+    }
+}
+
+/// A counting semaphore whose uncontended path is one atomic operation.
+#[derive(Debug)]
+struct Slots {
+    available: AtomicUsize,
+    /// Callers waiting in [`Slots::acquire`]; releases notify only when there are some.
+    waiting: AtomicUsize,
+    notify: Notify,
+}
+
+impl Slots {
+    fn new(count: usize) -> Arc<Self> {
+        Arc::new(Self {
+            available: AtomicUsize::new(count),
+            waiting: AtomicUsize::new(0),
+            notify: Notify::new(),
+        })
+    }
+
+    fn try_take(&self) -> bool {
+        self.available
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        // SeqCst on both sides (here and in `acquire`): either this release sees the
+        // waiter's registration, or the waiter's retry sees this slot.
+        self.available.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits for a slot (cancel by dropping; the timeout lives in the caller).
+    async fn acquire(self: Arc<Self>) -> Slot {
+        struct Registered<'a>(&'a AtomicUsize);
+        impl Drop for Registered<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _registered = {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            Registered(&self.waiting)
+        };
+        loop {
+            let notified = self.notify.notified();
+            if self.try_take() {
+                break;
+            }
+            notified.await;
+        }
+        drop(_registered);
+        Slot(self)
+    }
+
+    fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.try_take().then(|| Slot(self.clone()))
+    }
+}
+
+/// A taken slot, returned on drop.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
+
+impl Slots {
+    fn available(&self) -> usize {
+        self.available.load(Ordering::Relaxed)
+    }
+}
+
+/// A bulkhead for one downstream; clones (and every service made by its layer) share slots.
+#[derive(Debug, Clone)]
+pub struct Bulkhead {
+    name: Arc<str>,
+    slots: Arc<Slots>,
+    max_wait: Duration,
+}
+
+impl Bulkhead {
+    /// A bulkhead called `name` with validated `config`.
+    pub fn new(name: &str, config: &BulkheadConfig) -> Self {
+        Self {
+            name: name.into(),
+            slots: Slots::new(config.max_concurrent as usize),
+            max_wait: Duration::from_millis(config.max_wait_ms),
+        }
+    }
+
+    /// Slots free right now.
+    pub fn available(&self) -> usize {
+        self.slots.available()
+    }
+}
+
+impl<S> Layer<S> for Bulkhead {
+    type Service = BulkheadService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BulkheadService {
+            inner,
+            bulkhead: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`Bulkhead`].
+#[derive(Debug, Clone)]
+pub struct BulkheadService<S> {
+    inner: S,
+    bulkhead: Bulkhead,
+}
+
+impl<S, Req> Service<Req> for BulkheadService<S>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BulkheadFuture<S, Req>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let Bulkhead {
+            name,
+            slots,
+            max_wait,
+        } = &self.bulkhead;
+        enter(&mut self.inner, request, name, slots.clone(), *max_wait)
+    }
+}
+
+/// Calls `inner` now if `slots` has one free, or returns a future that waits for one.
+fn enter<S, Req>(
+    inner: &mut S,
+    request: Req,
+    name: &Arc<str>,
+    slots: Arc<Slots>,
+    max_wait: Duration,
+) -> BulkheadFuture<S, Req>
+where
+    S: Service<Req> + Clone,
+{
+    match slots.try_acquire() {
+        Some(slot) => BulkheadFuture {
+            state: Phase::Running {
+                future: inner.call(request),
+                _slot: slot,
+            },
+        },
+        None if max_wait.is_zero() => BulkheadFuture {
+            state: Phase::Full {
+                error: Some(ResilienceError::BulkheadFull {
+                    name: name.clone(),
+                    waited: Duration::ZERO,
+                }),
+            },
+        },
+        None => {
+            // `inner` was made ready for this call; take it and leave a clone behind, the
+            // usual tower move for a call that must wait before using the service.
+            let clone = inner.clone();
+            let ready = std::mem::replace(inner, clone);
+            BulkheadFuture {
+                state: Phase::Waiting {
+                    acquire: Box::pin(slots.acquire()),
+                    timer: Box::pin(tokio::time::sleep(max_wait)),
+                    started: Instant::now(),
+                    name: name.clone(),
+                    pending: Some((ready, request)),
+                },
+            }
+        }
+    }
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Slot> + Send>>;
+
+pin_project! {
+    /// The response future of the bulkhead services.
+    pub struct BulkheadFuture<S, Req> where S: Service<Req> {
+        #[pin]
+        state: Phase<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = PhaseProj]
+    enum Phase<S, Req> where S: Service<Req> {
+        Waiting {
+            acquire: Acquire,
+            timer: Pin<Box<Sleep>>,
+            started: Instant,
+            name: Arc<str>,
+            pending: Option<(S, Req)>,
+        },
+        Running {
+            #[pin]
+            future: S::Future,
+            _slot: Slot,
+        },
+        Full {
+            error: Option<ResilienceError>,
+        },
+    }
+}
+
+impl<S, Req> Future for BulkheadFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                PhaseProj::Running { future, .. } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
+                PhaseProj::Full { error } => {
+                    let error = error.take().unwrap_or(ResilienceError::Throttled);
+                    return Poll::Ready(Err(error.boxed()));
+                }
+                PhaseProj::Waiting {
+                    acquire,
+                    timer,
+                    started,
+                    name,
+                    pending,
+                } => {
+                    let slot = match acquire.as_mut().poll(cx) {
+                        Poll::Ready(slot) => slot,
+                        Poll::Pending => {
+                            ready!(timer.as_mut().poll(cx));
+                            let error = ResilienceError::BulkheadFull {
+                                name: name.clone(),
+                                waited: started.elapsed(),
+                            };
+                            this.state.set(Phase::Full { error: Some(error) });
+                            continue;
+                        }
+                    };
+                    let Some((mut service, request)) = pending.take() else {
+                        return Poll::Ready(Err(ResilienceError::Throttled.boxed()));
+                    };
+                    let future = service.call(request);
+                    this.state.set(Phase::Running {
+                        future,
+                        _slot: slot,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A bulkhead per key: each key gets its own `max_concurrent` slots.
+pub struct KeyedBulkhead<K, F> {
+    name: Arc<str>,
+    key: F,
+    per_key: usize,
+    max_wait: Duration,
+    pools: Arc<Mutex<Pools<K>>>,
+}
+
+struct Pools<K> {
+    map: HashMap<K, Arc<Slots>>,
+    prune_above: usize,
+}
+
+impl<K, F: Clone> Clone for KeyedBulkhead<K, F> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            key: self.key.clone(),
+            per_key: self.per_key,
+            max_wait: self.max_wait,
+            pools: self.pools.clone(),
+        }
+    }
+}
+
+impl<K, F> std::fmt::Debug for KeyedBulkhead<K, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedBulkhead")
+            .field("name", &self.name)
+            .field("per_key", &self.per_key)
+            .finish()
+    }
+}
+
+impl<K, F> KeyedBulkhead<K, F>
+where
+    K: Hash + Eq + Clone,
+{
+    /// A keyed bulkhead called `name`: `key` picks a request's partition (tenant id, ...),
+    /// each partition gets `config.max_concurrent` slots.
+    pub fn new(name: &str, config: &BulkheadConfig, key: F) -> Self {
+        Self {
+            name: name.into(),
+            key,
+            per_key: config.max_concurrent as usize,
+            max_wait: Duration::from_millis(config.max_wait_ms),
+            pools: Arc::new(Mutex::new(Pools {
+                map: HashMap::new(),
+                prune_above: 1_024,
+            })),
+        }
+    }
+
+    /// Keys with a pool right now (busy ones, plus idle ones not yet pruned).
+    pub fn tracked_keys(&self) -> usize {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len()
+    }
+
+    fn pool(&self, key: K) -> Arc<Slots> {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if pools.map.len() >= pools.prune_above {
+            // A pool is idle when nobody but the map holds it: no slot taken, nobody waiting.
+            pools.map.retain(|_, pool| Arc::strong_count(pool) > 1);
+            pools.prune_above = (pools.map.len() * 2).max(1_024);
+        }
+        let per_key = self.per_key;
+        pools
+            .map
+            .entry(key)
+            .or_insert_with(|| Slots::new(per_key))
+            .clone()
+    }
+}
+
+impl<S, K, F: Clone> Layer<S> for KeyedBulkhead<K, F> {
+    type Service = KeyedBulkheadService<S, K, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedBulkheadService {
+            inner,
+            bulkhead: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`KeyedBulkhead`].
+#[derive(Debug)]
+pub struct KeyedBulkheadService<S, K, F> {
+    inner: S,
+    bulkhead: KeyedBulkhead<K, F>,
+}
+
+impl<S: Clone, K, F: Clone> Clone for KeyedBulkheadService<S, K, F> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            bulkhead: self.bulkhead.clone(),
+        }
+    }
+}
+
+impl<S, K, F, Req> Service<Req> for KeyedBulkheadService<S, K, F>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq + Clone,
+    F: Fn(&Req) -> K,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BulkheadFuture<S, Req>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let pool = self.bulkhead.pool((self.bulkhead.key)(&request));
+        enter(
+            &mut self.inner,
+            request,
+            &self.bulkhead.name,
+            pool,
+            self.bulkhead.max_wait,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+    use tower::{ServiceExt, service_fn};
+
+    type Gate = Arc<Mutex<Vec<oneshot::Sender<()>>>>;
+
+    /// A service whose calls stay in flight until the test opens their gate.
+    fn gated(
+        gate: Gate,
+    ) -> impl Service<&'static str, Response = (), Error = BoxError, Future: Send> + Clone {
+        service_fn(move |_tenant: &'static str| {
+            let (open, wait) = oneshot::channel();
+            gate.lock().unwrap().push(open);
+            async move {
+                let _ = wait.await;
+                Ok::<(), BoxError>(())
+            }
+        })
+    }
+
+    fn config(max_concurrent: u32, max_wait_ms: u64) -> BulkheadConfig {
+        BulkheadConfig {
+            max_concurrent,
+            max_wait_ms,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_for_a_slot_then_rejects_after_the_bound() {
+        let gate = Gate::default();
+        let bulkhead = Bulkhead::new("inventory", &config(1, 50));
+        let svc = bulkhead.layer(gated(gate.clone()));
+
+        let first = tokio::spawn(svc.clone().oneshot("a"));
+        tokio::task::yield_now().await;
+        assert_eq!(bulkhead.available(), 0);
+
+        // A second call waits, and gets the slot when the first finishes within the bound.
+        let second = tokio::spawn(svc.clone().oneshot("a"));
+        tokio::time::advance(Duration::from_millis(30)).await;
+        gate.lock().unwrap().remove(0).send(()).unwrap();
+        first.await.unwrap().unwrap();
+        tokio::task::yield_now().await;
+        gate.lock().unwrap().remove(0).send(()).unwrap();
+        second.await.unwrap().unwrap();
+
+        // A third, while the slot stays taken, is rejected after exactly 50 ms.
+        let _held = tokio::spawn(svc.clone().oneshot("a"));
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        let err = svc.clone().oneshot("a").await.unwrap_err();
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+        assert!(matches!(
+            ResilienceError::find(&*err),
+            Some(ResilienceError::BulkheadFull { name, waited })
+                if &**name == "inventory" && *waited == Duration::from_millis(50)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_wait_rejects_at_once() {
+        let gate = Gate::default();
+        let svc = Bulkhead::new("psp", &config(1, 0)).layer(gated(gate.clone()));
+        let _held = tokio::spawn(svc.clone().oneshot("a"));
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        assert!(svc.oneshot("a").await.is_err());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_tenant_has_its_own_slots() {
+        let gate = Gate::default();
+        let bulkhead =
+            KeyedBulkhead::new("checkout", &config(1, 0), |tenant: &&'static str| *tenant);
+        let svc = bulkhead.layer(gated(gate.clone()));
+        let _busy = tokio::spawn(svc.clone().oneshot("acme"));
+        tokio::task::yield_now().await;
+        assert!(
+            svc.clone().oneshot("acme").await.is_err(),
+            "acme is at its limit"
+        );
+        let other = tokio::spawn(svc.clone().oneshot("globex"));
+        tokio::task::yield_now().await;
+        gate.lock().unwrap().remove(1).send(()).unwrap();
+        other.await.unwrap().unwrap();
+        assert_eq!(bulkhead.tracked_keys(), 2);
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let err = config(0, 10).validate("X__BULKHEAD").unwrap_err();
+        assert_eq!(err.setting, "X__BULKHEAD__MAX_CONCURRENT");
+    }
+}

@@ -1,0 +1,500 @@
+//! Retries: which calls, how often, how far apart, and never more than the budget allows.
+//!
+//! Built on tower's `Retry` service with our [`RetryPolicy`]. A failed attempt is retried
+//! only when all of these hold:
+//! - the request is safe to repeat ([`RetrySafety`]: idempotent, or carrying an idempotency
+//!   key; the request is cloned for each attempt, so a key travels unchanged);
+//! - the [`Classifier`] calls the failure transient;
+//! - attempts are left (`max_attempts` counts the first);
+//! - the backoff (at least the server's `Retry-After`/pushback hint) ends before the call's
+//!   [`Deadline`]: an attempt that cannot finish in time is not started;
+//! - the [`RetryBudget`] has a token. Every call deposits, every retry withdraws, so retries
+//!   stay a fixed fraction of traffic (plus a small floor) even when everything fails: an
+//!   outage does not multiply load. When the budget says no, the call fails with
+//!   [`ResilienceError::BudgetExhausted`] wrapping the last error.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, Sleep};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{BoxError, Layer};
+
+use crate::backoff::{Backoff, Jitter};
+use crate::classify::{Classifier, ErrorClass, classify};
+use crate::config::{ConfigError, percent, positive};
+use crate::deadline::Deadline;
+use crate::error::ResilienceError;
+
+/// Retry settings for one downstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts including the first; 1 disables retries (`..__RETRY__MAX_ATTEMPTS`).
+    /// Default 3.
+    pub max_attempts: u32,
+    /// Backoff before the first retry (`..__RETRY__INITIAL_BACKOFF_MS`). Default 25.
+    pub initial_backoff_ms: u64,
+    /// Longest backoff (`..__RETRY__MAX_BACKOFF_MS`). Default 1 000.
+    pub max_backoff_ms: u64,
+    /// `full` or `decorrelated` (`..__RETRY__JITTER`). Default `full`.
+    pub jitter: Jitter,
+    /// Retries allowed as a percentage of calls (`..__RETRY__BUDGET_PERCENT`), 0..=100.
+    /// Default 20.
+    pub budget_percent: f64,
+    /// Retries per second always allowed, whatever the traffic
+    /// (`..__RETRY__BUDGET_MIN_PER_SEC`). Default 10.
+    pub budget_min_per_sec: u32,
+    /// How long deposits count, 1 000..=60 000 (`..__RETRY__BUDGET_WINDOW_MS`).
+    /// Default 10 000.
+    pub budget_window_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff_ms: 25,
+            max_backoff_ms: 1_000,
+            jitter: Jitter::Full,
+            budget_percent: 20.0,
+            budget_min_per_sec: 10,
+            budget_window_ms: 10_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Rejects settings that cannot work, naming the setting.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        positive(path, "MAX_ATTEMPTS", u64::from(self.max_attempts))?;
+        positive(path, "INITIAL_BACKOFF_MS", self.initial_backoff_ms)?;
+        positive(path, "MAX_BACKOFF_MS", self.max_backoff_ms)?;
+        if self.max_backoff_ms < self.initial_backoff_ms {
+            return Err(ConfigError::new(
+                path,
+                "MAX_BACKOFF_MS",
+                format!(
+                    "must be at least the initial backoff ({} ms); got {}",
+                    self.initial_backoff_ms, self.max_backoff_ms
+                ),
+            ));
+        }
+        percent(path, "BUDGET_PERCENT", self.budget_percent, true)?;
+        // tower's TpsBudget asserts these bounds; a bad value must be a config error, not a
+        // panic at start.
+        if !(1_000..=60_000).contains(&self.budget_window_ms) {
+            return Err(ConfigError::new(
+                path,
+                "BUDGET_WINDOW_MS",
+                format!("must be within 1000..=60000; got {}", self.budget_window_ms),
+            ));
+        }
+        if self.budget_min_per_sec >= i32::MAX as u32 {
+            return Err(ConfigError::new(path, "BUDGET_MIN_PER_SEC", "is too large"));
+        }
+        Ok(())
+    }
+
+    /// The backoff schedule these settings describe.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.initial_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+            self.jitter,
+        )
+    }
+}
+
+/// A retry budget shared by every caller of one downstream (and by hedging): a cheap
+/// handle to tower's [`TpsBudget`].
+#[derive(Debug, Clone)]
+pub struct RetryBudget(Arc<TpsBudget>);
+
+impl RetryBudget {
+    /// The budget from validated settings.
+    ///
+    /// # Panics
+    /// If `config` would not pass [`RetryConfig::validate`] (tower asserts its bounds).
+    pub fn new(config: &RetryConfig) -> Self {
+        Self(Arc::new(TpsBudget::new(
+            Duration::from_millis(config.budget_window_ms),
+            config.budget_min_per_sec,
+            // TpsBudget takes a ratio: 1.0 is one retry per call.
+            (config.budget_percent / 100.0) as f32,
+        )))
+    }
+
+    /// Records a call (earns a fraction of a retry).
+    pub fn deposit(&self) {
+        self.0.deposit();
+    }
+
+    /// Takes a token for one retry or hedge; `false` when none are left.
+    pub fn withdraw(&self) -> bool {
+        self.0.withdraw()
+    }
+}
+
+/// Whether a request may be sent more than once.
+pub trait RetrySafety<Req>: Clone + Send + Sync + 'static {
+    /// `true` if sending `request` twice has the effect of sending it once.
+    fn is_retry_safe(&self, request: &Req) -> bool;
+}
+
+/// Every request is safe to repeat (reads, or operations made idempotent by a key that
+/// every clone carries).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Idempotent;
+
+impl<Req> RetrySafety<Req> for Idempotent {
+    fn is_retry_safe(&self, _request: &Req) -> bool {
+        true
+    }
+}
+
+/// No request is repeated: the default, so that nothing is retried by accident.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NeverRetry;
+
+impl<Req> RetrySafety<Req> for NeverRetry {
+    fn is_retry_safe(&self, _request: &Req) -> bool {
+        false
+    }
+}
+
+/// Decides per request, e.g. `RetryIf(|req: &Payment| req.idempotency_key.is_some())`.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryIf<F>(pub F);
+
+impl<Req, F> RetrySafety<Req> for RetryIf<F>
+where
+    F: Fn(&Req) -> bool + Clone + Send + Sync + 'static,
+{
+    fn is_retry_safe(&self, request: &Req) -> bool {
+        (self.0)(request)
+    }
+}
+
+/// The [`tower::retry::Policy`] described in the module docs. Cloned per call; the clone
+/// holds that call's attempt count and last backoff.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy<C, I> {
+    max_attempts: u32,
+    backoff: Backoff,
+    budget: RetryBudget,
+    classifier: C,
+    safety: I,
+    attempts: u32,
+    previous: Duration,
+}
+
+impl<C, I> RetryPolicy<C, I> {
+    /// A policy from validated settings, sharing `budget`.
+    pub fn new(config: &RetryConfig, budget: RetryBudget, classifier: C, safety: I) -> Self {
+        Self {
+            max_attempts: config.max_attempts,
+            backoff: config.backoff(),
+            budget,
+            classifier,
+            safety,
+            attempts: 0,
+            previous: Duration::ZERO,
+        }
+    }
+
+    /// Decides on a failed attempt of class `class`: the wait before the next, or why not.
+    fn next_delay(&mut self, class: ErrorClass) -> Decision {
+        let ErrorClass::Transient { retry_after } = class else {
+            return Decision::Stop;
+        };
+        if self.attempts >= self.max_attempts {
+            return Decision::Stop;
+        }
+        let unit: f64 = rand::rng().random_range(0.0..1.0);
+        let jittered = self.backoff.delay(self.attempts, self.previous, unit);
+        let delay = jittered.max(retry_after.unwrap_or(Duration::ZERO));
+        if let Some(deadline) = Deadline::current()
+            && Instant::now() + delay >= deadline.instant()
+        {
+            return Decision::Stop;
+        }
+        if !self.budget.withdraw() {
+            return Decision::OutOfBudget;
+        }
+        self.previous = jittered;
+        Decision::Wait(delay)
+    }
+}
+
+enum Decision {
+    Stop,
+    OutOfBudget,
+    Wait(Duration),
+}
+
+impl<C, I, Req, Res> tower::retry::Policy<Req, Res, BoxError> for RetryPolicy<C, I>
+where
+    C: Classifier<Res>,
+    I: RetrySafety<Req>,
+    Req: Clone,
+{
+    // Boxed so that tower's retry future, which holds it inline, stays small on the
+    // no-retry path; the allocation happens only when a retry is due.
+    type Future = Pin<Box<Sleep>>;
+
+    fn retry(
+        &mut self,
+        request: &mut Req,
+        result: &mut Result<Res, BoxError>,
+    ) -> Option<Self::Future> {
+        self.attempts += 1;
+        if self.attempts == 1 {
+            self.budget.deposit();
+        }
+        let class = classify(&self.classifier, result.as_ref().map_err(|e| &**e))?;
+        if !self.safety.is_retry_safe(request) {
+            return None;
+        }
+        match self.next_delay(class) {
+            Decision::Stop => None,
+            Decision::Wait(delay) => Some(Box::pin(tokio::time::sleep(delay))),
+            Decision::OutOfBudget => {
+                if let Err(last) = result {
+                    let last = std::mem::replace(last, ResilienceError::Throttled.boxed());
+                    *result = Err(ResilienceError::BudgetExhausted { last }.boxed());
+                }
+                None
+            }
+        }
+    }
+
+    fn clone_request(&mut self, request: &Req) -> Option<Req> {
+        // No copy for requests that will never be sent again.
+        (self.attempts < self.max_attempts && self.safety.is_retry_safe(request))
+            .then(|| request.clone())
+    }
+}
+
+/// Adds retries with a [`RetryPolicy`]; the service it makes is tower's `Retry`.
+#[derive(Debug, Clone)]
+pub struct RetryLayer<C, I> {
+    policy: RetryPolicy<C, I>,
+}
+
+impl<C, I> RetryLayer<C, I> {
+    /// Retries per `config`, drawing on `budget`, judging results with `classifier` and
+    /// requests with `safety`.
+    pub fn new(config: &RetryConfig, budget: RetryBudget, classifier: C, safety: I) -> Self {
+        Self {
+            policy: RetryPolicy::new(config, budget, classifier, safety),
+        }
+    }
+}
+
+impl<S, C: Clone, I: Clone> Layer<S> for RetryLayer<C, I> {
+    type Service = tower::retry::Retry<RetryPolicy<C, I>, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        tower::retry::Retry::new(self.policy.clone(), inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::classify::AllErrorsTransient;
+    use crate::timeout::TimeoutLayer;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    fn config(max_attempts: u32) -> RetryConfig {
+        RetryConfig {
+            max_attempts,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 400,
+            ..RetryConfig::default()
+        }
+    }
+
+    /// A service that fails `failures` times, then answers; it logs when each call came.
+    fn flaky(
+        failures: u32,
+        log: Arc<Mutex<Vec<Instant>>>,
+    ) -> impl tower::Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone {
+        let count = Arc::new(AtomicU32::new(0));
+        service_fn(move |req: u32| {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            log.lock().unwrap().push(Instant::now());
+            async move {
+                if n < failures {
+                    Err::<u32, BoxError>("unavailable".into())
+                } else {
+                    Ok(req)
+                }
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_failures_with_capped_jittered_backoff() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let cfg = config(5);
+        let svc = RetryLayer::new(&cfg, RetryBudget::new(&cfg), AllErrorsTransient, Idempotent)
+            .layer(flaky(4, log.clone()));
+        assert_eq!(svc.oneshot(7).await.unwrap(), 7);
+        let times = log.lock().unwrap().clone();
+        assert_eq!(times.len(), 5);
+        for (n, pair) in times.windows(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            let ceiling = cfg.backoff().ceiling(n as u32 + 1);
+            assert!(
+                gap <= ceiling,
+                "retry {} waited {gap:?} > {ceiling:?}",
+                n + 1
+            );
+        }
+        assert!(times[4] - times[0] <= Duration::from_millis(100 + 200 + 400 + 400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unsafe_requests_and_permanent_errors_are_not_retried() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let cfg = config(3);
+        let svc = RetryLayer::new(&cfg, RetryBudget::new(&cfg), AllErrorsTransient, NeverRetry)
+            .layer(flaky(1, log.clone()));
+        assert!(svc.oneshot(1).await.is_err());
+        assert_eq!(log.lock().unwrap().len(), 1);
+
+        #[derive(Clone)]
+        struct Permanent;
+        impl Classifier<u32> for Permanent {
+            fn classify_error(&self, _e: crate::classify::ErrorRef<'_>) -> ErrorClass {
+                ErrorClass::Permanent
+            }
+        }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let svc = RetryLayer::new(&cfg, RetryBudget::new(&cfg), Permanent, Idempotent)
+            .layer(flaky(1, log.clone()));
+        assert!(svc.oneshot(1).await.is_err());
+        assert_eq!(log.lock().unwrap().len(), 1);
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let keyed = RetryIf(|req: &u32| req.is_multiple_of(2));
+        let svc = RetryLayer::new(&cfg, RetryBudget::new(&cfg), AllErrorsTransient, keyed)
+            .layer(flaky(1, log.clone()));
+        assert_eq!(svc.oneshot(2).await.unwrap(), 2);
+        assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_stops_retries_during_an_outage() {
+        // No floor, 10% of calls: 20 calls earn 2 retries.
+        let cfg = RetryConfig {
+            budget_percent: 10.0,
+            budget_min_per_sec: 0,
+            ..config(3)
+        };
+        let budget = RetryBudget::new(&cfg);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let svc = RetryLayer::new(&cfg, budget.clone(), AllErrorsTransient, Idempotent)
+            .layer(flaky(u32::MAX, log.clone()));
+        let mut exhausted = 0;
+        for _ in 0..20 {
+            let err = svc.clone().oneshot(1).await.unwrap_err();
+            if let Some(ResilienceError::BudgetExhausted { last }) = ResilienceError::find(&*err) {
+                assert_eq!(last.to_string(), "unavailable");
+                exhausted += 1;
+            }
+        }
+        // Each call deposits 0.1 retry; the first retry became affordable after 10 calls.
+        let calls = log.lock().unwrap().len();
+        assert!(calls <= 20 + 2, "retries multiplied load: {calls} calls");
+        assert!(exhausted >= 18, "{exhausted}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_pushback_is_honoured_and_the_deadline_is_respected() {
+        #[derive(Clone)]
+        struct Pushback(Duration);
+        impl Classifier<u32> for Pushback {
+            fn classify_error(&self, _e: crate::classify::ErrorRef<'_>) -> ErrorClass {
+                ErrorClass::Transient {
+                    retry_after: Some(self.0),
+                }
+            }
+        }
+        let cfg = config(3);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let svc = RetryLayer::new(
+            &cfg,
+            RetryBudget::new(&cfg),
+            Pushback(Duration::from_millis(700)),
+            Idempotent,
+        )
+        .layer(flaky(1, log.clone()));
+        assert_eq!(svc.oneshot(3).await.unwrap(), 3);
+        let times = log.lock().unwrap().clone();
+        assert_eq!(times[1] - times[0], Duration::from_millis(700));
+
+        // With 500 ms of budget, a 700 ms pushback means: give up now, not at the deadline.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let svc = ServiceBuilder::new()
+            .layer(TimeoutLayer::total(Duration::from_millis(500)))
+            .layer(RetryLayer::new(
+                &cfg,
+                RetryBudget::new(&cfg),
+                Pushback(Duration::from_millis(700)),
+                Idempotent,
+            ))
+            .service(flaky(1, log.clone()));
+        let start = Instant::now();
+        let err = svc.oneshot(3).await.unwrap_err();
+        assert_eq!(err.to_string(), "unavailable");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(log.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let cases = [
+            (
+                RetryConfig {
+                    max_attempts: 0,
+                    ..RetryConfig::default()
+                },
+                "MAX_ATTEMPTS",
+            ),
+            (
+                RetryConfig {
+                    max_backoff_ms: 10,
+                    ..RetryConfig::default()
+                },
+                "MAX_BACKOFF_MS",
+            ),
+            (
+                RetryConfig {
+                    budget_percent: 120.0,
+                    ..RetryConfig::default()
+                },
+                "BUDGET_PERCENT",
+            ),
+            (
+                RetryConfig {
+                    budget_window_ms: 500,
+                    ..RetryConfig::default()
+                },
+                "BUDGET_WINDOW_MS",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate("P__RETRY").unwrap_err();
+            assert_eq!(err.setting, format!("P__RETRY__{field}"));
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The edge stack mounted on a real axum router, the way checkout mounts it: refusals come
+//! back as the app's own problem+json responses with `Retry-After`.
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use faultline_resilience::{
+    EdgeConfig, EdgeStack, HttpRejection, Priority, RateLimitConfig, RecoverLayer,
+};
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+/// The rate-limit key: the customer, or everyone anonymous together.
+fn customer(request: &Request<Body>) -> String {
+    request
+        .headers()
+        .get("x-customer-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
+/// Placing an order is what the shop is for; browsing can wait.
+fn priority(request: &Request<Body>) -> Priority {
+    match (request.method(), request.uri().path()) {
+        (&Method::POST, "/v1/orders") => Priority::Critical,
+        (&Method::GET, path) if path.starts_with("/v1/orders/") => Priority::Normal,
+        _ => Priority::Sheddable,
+    }
+}
+
+/// The app's renderer (checkout would build its `ProblemDetails` here).
+fn problem(error: BoxError) -> Response {
+    let Some(rejection) = HttpRejection::from_error(&*error) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let body = format!(
+        r#"{{"type":"/problems/overloaded","status":{},"detail":"{error}"}}"#,
+        rejection.status.as_u16()
+    );
+    let mut response = (
+        rejection.status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body,
+    )
+        .into_response();
+    if let Some(secs) = rejection.retry_after_secs {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn order(customer: &str) -> Request<Body> {
+    Request::post("/v1/orders")
+        .header("x-customer-id", customer)
+        .body(Body::empty())
+        .expect("a valid request")
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_axum_router_answers_429_with_retry_after_from_the_edge() {
+    let config = EdgeConfig {
+        rate_limit: RateLimitConfig {
+            requests_per_second: 2,
+            burst: 1,
+            ..RateLimitConfig::default()
+        },
+        ..EdgeConfig::default()
+    };
+    assert!(config.validate("CHECKOUT_EDGE").is_ok());
+    let edge = EdgeStack::new(&config, customer, priority);
+    let app = Router::new()
+        .route("/v1/orders", post(|| async { StatusCode::ACCEPTED }))
+        .route("/v1/products", get(|| async { "catalog" }))
+        .layer(
+            ServiceBuilder::new()
+                .layer(RecoverLayer::new(problem))
+                .layer(edge),
+        );
+
+    assert_eq!(
+        app.clone().oneshot(order("alice")).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let limited = app.clone().oneshot(order("alice")).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        limited.headers()[header::RETRY_AFTER],
+        "1",
+        "500 ms, rounded up"
+    );
+    assert_eq!(
+        limited.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert_eq!(
+        app.clone().oneshot(order("bob")).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+
+    tokio::time::advance(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        app.oneshot(order("alice")).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+}
