@@ -155,7 +155,7 @@ impl Client {
         json!({ "customer_id": customer, "items": items })
     }
 
-    /// `GET` of `path` on checkout.
+    /// `GET` of `path` on checkout, once.
     pub async fn get(&self, path: &str) -> anyhow::Result<Answer> {
         answer(
             self.http
@@ -164,6 +164,20 @@ impl Client {
                 .await?,
         )
         .await
+    }
+
+    /// `GET` of `path`, retried as a polite client does while the edge answers 429 or 503.
+    pub async fn get_patiently(&self, path: &str) -> anyhow::Result<Answer> {
+        for _ in 0..100 {
+            let answer = self.get(path).await?;
+            if answer.status != StatusCode::TOO_MANY_REQUESTS
+                && answer.status != StatusCode::SERVICE_UNAVAILABLE
+            {
+                return Ok(answer);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("GET {path} kept being refused by the edge")
     }
 
     /// Places an order (with a fresh `Idempotency-Key`) and returns its id; fails unless
@@ -183,7 +197,7 @@ impl Client {
 
     /// The order as `GET /v1/orders/{id}` shows it.
     pub async fn order(&self, id: Uuid) -> anyhow::Result<Value> {
-        let answer = self.get(&format!("/v1/orders/{id}")).await?;
+        let answer = self.get_patiently(&format!("/v1/orders/{id}")).await?;
         if answer.status != StatusCode::OK {
             bail!("GET order {id} answered {}: {}", answer.status, answer.body);
         }

@@ -14,4 +14,4 @@ pub mod proxy;
 mod system;
 
 pub use client::{Answer, Client, ProductSpec};
-pub use system::{Options, Service, Signal, System};
+pub use system::{Freeze, Options, Service, Signal, System};

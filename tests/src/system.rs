@@ -56,6 +56,15 @@ pub enum Signal {
     Kill,
 }
 
+/// What a frozen process looks like from outside: connections open, nothing answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freeze {
+    /// SIGSTOP: the process hangs.
+    Stop,
+    /// SIGCONT: it carries on.
+    Continue,
+}
+
 /// Knobs of a test system.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -69,6 +78,8 @@ pub struct Options {
     pub brokers: Option<String>,
     /// Route this service's database connections through a proxy the test can cut.
     pub database_proxy: Option<Service>,
+    /// More environment for one service: `(service, variable, value)`.
+    pub extra_env: Vec<(Service, String, String)>,
 }
 
 impl Default for Options {
@@ -79,6 +90,7 @@ impl Default for Options {
             otlp_endpoint: None,
             brokers: None,
             database_proxy: None,
+            extra_env: Vec::new(),
         }
     }
 }
@@ -237,6 +249,13 @@ impl System {
                     ));
                 }
             }
+            env.extend(
+                options
+                    .extra_env
+                    .iter()
+                    .filter(|(target, _, _)| *target == service)
+                    .map(|(_, name, value)| (name.clone(), value.clone())),
+            );
             processes.insert(
                 service,
                 Process {
@@ -372,6 +391,44 @@ impl System {
     /// The broker's bootstrap address.
     pub fn brokers(&self) -> &str {
         &self.brokers
+    }
+
+    /// Freezes or thaws `service` (SIGSTOP / SIGCONT): a hung dependency, not a dead one.
+    pub fn freeze(&mut self, service: Service, freeze: Freeze) -> anyhow::Result<()> {
+        let process = self
+            .processes
+            .get_mut(&service)
+            .context("unknown service")?;
+        let pid = process
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("service is not running")?;
+        let signal = match freeze {
+            Freeze::Stop => "-STOP",
+            Freeze::Continue => "-CONT",
+        };
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
+    /// `PUT` of `body` as JSON to `path` on `service`'s admin port.
+    pub async fn admin_put(
+        &self,
+        service: Service,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<(u16, String)> {
+        let port = self.processes[&service].admin_port;
+        let response = reqwest::Client::new()
+            .put(format!("http://127.0.0.1:{port}{path}"))
+            .json(body)
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.text().await?))
     }
 
     /// Starts `service` again with the same settings and waits until it is ready.

@@ -24,12 +24,19 @@ async fn a_hundred_identical_requests_place_one_order_and_get_one_answer() -> an
         let client = system.client.clone();
         let body = body.clone();
         requests.push(tokio::spawn(async move {
-            // A well-behaved client retries a 409 after its Retry-After.
+            // A well-behaved client retries after the Retry-After of a 409 (the first request
+            // is still running) and of the edge's 429 and 503 (a burst of 100 at once meets
+            // the rate limit and the concurrency limit).
             loop {
                 let answer = client
                     .post_order(body.clone(), Some("application/json"), Some("order-42"))
                     .await?;
-                if answer.status != StatusCode::CONFLICT {
+                let retry = [
+                    StatusCode::CONFLICT,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ];
+                if !retry.contains(&answer.status) {
                     return anyhow::Ok(answer);
                 }
                 let wait: u64 = answer.retry_after.as_deref().unwrap_or("1").parse()?;

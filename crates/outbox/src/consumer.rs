@@ -9,8 +9,9 @@
 //! Failures are sorted by what retrying can achieve:
 //! - [`HandlerError::Permanent`] (the record cannot be decoded, or names something that can
 //!   never be valid): parked at once.
-//! - The database is unreachable: retried with capped exponential backoff for as long as it
-//!   takes. The partition waits, which is the right backpressure: nothing else could be
+//! - The database is unreachable, or the handler says a dependency is
+//!   ([`HandlerError::Unavailable`]): retried with capped exponential backoff for as long as
+//!   it takes. The partition waits, which is the right backpressure: nothing else could be
 //!   processed either.
 //! - Anything else (a deadlock, a bug tripping a constraint): retried up to
 //!   [`ConsumerSettings::max_attempts`] times, then parked, so one bad record cannot stall
@@ -130,6 +131,10 @@ pub enum HandlerError {
     /// Might succeed later: retry, then park after too many attempts.
     #[error("{0}")]
     Transient(String),
+    /// A dependency the handler needs is down (a payment provider, say): retry without
+    /// limit, like an unreachable database. The partition waits.
+    #[error("dependency unavailable: {0}")]
+    Unavailable(String),
     /// A database error; retried, without limit if the database is unreachable.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -675,8 +680,10 @@ fn full_jitter(base: Duration, max: Duration, step: u32) -> Duration {
 /// True when the error says the database cannot be reached at all (as opposed to refusing
 /// this particular record).
 fn is_unavailable(error: &HandlerError) -> bool {
-    let HandlerError::Database(error) = error else {
-        return false;
+    let error = match error {
+        HandlerError::Unavailable(_) => return true,
+        HandlerError::Database(error) => error,
+        _ => return false,
     };
     match error {
         sqlx::Error::Io(_)
@@ -717,5 +724,8 @@ mod tests {
             sqlx::Error::RowNotFound
         )));
         assert!(!is_unavailable(&HandlerError::Transient("busy".into())));
+        assert!(is_unavailable(&HandlerError::Unavailable(
+            "provider down".into()
+        )));
     }
 }

@@ -1,5 +1,6 @@
 //! The plumbing every Faultline service shares and no business logic needs to see:
 //!
+//! - [`breakers`]: circuit breakers in the logs and on `/metrics`.
 //! - [`config`]: one typed configuration struct per service, loaded once from defaults, an
 //!   optional TOML file and environment variables, and validated before anything starts.
 //! - [`db`]: a Postgres pool whose database is created on first start.
@@ -10,6 +11,7 @@
 //! - [`shutdown`]: a cancellation token that SIGTERM and Ctrl-C trip, so every task can stop
 //!   in order.
 
+pub mod breakers;
 pub mod config;
 pub mod db;
 pub mod grpc;

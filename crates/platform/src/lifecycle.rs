@@ -20,6 +20,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -52,20 +53,22 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// Serves the probes and `/metrics` (reporting "starting"), opens and migrates the
-    /// database, makes readiness depend on it, and arms the shutdown sequence on `shutdown`.
+    /// Serves the probes, `/metrics` and the service's own operator routes `admin_routes`
+    /// (reporting "starting"), opens and migrates the database, makes readiness depend on
+    /// it, and arms the shutdown sequence on `shutdown`.
     pub async fn begin(
         admin: &AdminSettings,
         database: &DatabaseSettings,
         settings: &LifecycleSettings,
         migrator: &Migrator,
         metrics: Metrics,
+        admin_routes: Router,
         shutdown: &CancellationToken,
     ) -> Result<Self, OpenError> {
         let health = Health::new();
         let admin_stop = CancellationToken::new();
         let scrape = metrics.clone();
-        let router = health.router().route(
+        let router = health.router().merge(admin_routes).route(
             "/metrics",
             get(move || {
                 let scrape = scrape.clone();

@@ -2,29 +2,40 @@
 //! failure through the one [`IntoResponse`] impl of [`ApiError`], which answers with an
 //! RFC 9457 problem document (`application/problem+json`).
 //!
-//! | method and path         | success                          |
-//! |-------------------------|----------------------------------|
-//! | `POST /v1/orders`       | 202 with the order id, `Location` |
-//! | `GET /v1/orders/{id}`   | 200 with the order                |
+//! | method and path          | success                           | priority under load |
+//! |--------------------------|-----------------------------------|---------------------|
+//! | `POST /v1/orders`        | 202 with the order id, `Location` | critical            |
+//! | `GET /v1/orders/{id}`    | 200 with the order                | normal              |
+//! | `GET /v1/products/{sku}` | 200 with the catalog entry        | shed first          |
+//!
+//! In front of every route: a rate limit per caller (429 + `Retry-After`), priority load
+//! shedding under an adaptive concurrency limit (503 + `Retry-After`, catalog reads first),
+//! a hard cap on requests in flight, and a body size limit (413).
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, State};
+use axum::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use faultline_idempotency::layer::{IdempotencyLayer, IdempotencyLease, stored_response};
-use faultline_idempotency::{LeaseError, Store};
+use faultline_idempotency::{Caller, LeaseError, Store};
+use faultline_proto::contract::validate_sku;
+use faultline_resilience::{EdgeConfig, EdgeStack, HttpRejection, Priority, RecoverLayer};
 use faultline_telemetry::http::HttpServerLayer;
 use faultline_telemetry::metrics::Metrics;
 use problem_details::ProblemDetails;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
+use tower::{BoxError, ServiceBuilder};
 use uuid::Uuid;
 
-use crate::catalog::{CatalogError, GrpcCatalog};
+use crate::catalog::{Catalog, CatalogError, GrpcCatalog};
 use crate::orchestrator::Orchestrator;
 use crate::orders::{self, FieldError, Order, OrderLine, PlaceOrder, PlaceOrderError};
 
@@ -39,23 +50,107 @@ pub struct AppState {
     pub orchestrator: Orchestrator,
 }
 
-/// The API's routes, with bodies limited to `max_body_bytes`, server spans and RED metrics
-/// into `metrics`. Placing an order requires an `Idempotency-Key`, kept in `idempotency`.
-pub fn router(
-    state: AppState,
-    idempotency: Store,
-    max_body_bytes: usize,
-    metrics: Metrics,
-) -> Router {
+/// What the edge admits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits<'a> {
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Rate limit, shedding and concurrency cap.
+    pub edge: &'a EdgeConfig,
+}
+
+/// The API's routes behind the edge (see the module docs), with server spans and RED
+/// metrics into `metrics`. Placing an order requires an `Idempotency-Key`, kept in
+/// `idempotency`.
+pub fn router(state: AppState, idempotency: Store, limits: Limits<'_>, metrics: Metrics) -> Router {
     let keyed = IdempotencyLayer::new(idempotency).required();
+    let edge = ServiceBuilder::new()
+        .layer(RecoverLayer::new(render_rejection))
+        .layer(EdgeStack::new(limits.edge, caller_key, priority));
     Router::new()
         .route("/v1/orders", post(place_order).layer(keyed))
         .route("/v1/orders/{id}", get(get_order))
+        .route("/v1/products/{sku}", get(get_product))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(edge)
         .layer(HttpServerLayer::new(metrics))
         .with_state(state)
+}
+
+/// The rate-limit key: the authenticated caller when there is one, else the client's
+/// address.
+fn caller_key(request: &Request<Body>) -> String {
+    if let Some(Caller(caller)) = request.extensions().get::<Caller>() {
+        return caller.clone();
+    }
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip().to_string())
+        .unwrap_or_else(|| "anonymous".to_owned())
+}
+
+/// Placing orders is what the business is; catalog reads can wait.
+fn priority(request: &Request<Body>) -> Priority {
+    match (request.method(), request.uri().path()) {
+        (&Method::POST, "/v1/orders") => Priority::Critical,
+        (_, path) if path.starts_with("/v1/orders") => Priority::Normal,
+        _ => Priority::Sheddable,
+    }
+}
+
+/// Renders a refusal by the edge as a problem document.
+fn render_rejection(error: BoxError) -> Response {
+    match HttpRejection::from_error(&*error) {
+        Some(rejection) => ApiError::Refused {
+            status: rejection.status,
+            retry_after_secs: rejection.retry_after_secs,
+            detail: error.to_string(),
+        }
+        .into_response(),
+        None => {
+            tracing::error!(%error, "edge failure");
+            ApiError::Internal.into_response()
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ProductView {
+    sku: String,
+    name: String,
+    unit_price: MoneyBody,
+    available: i64,
+}
+
+async fn get_product(
+    State(state): State<AppState>,
+    Path(sku): Path<String>,
+) -> Result<Json<ProductView>, ApiError> {
+    if validate_sku(&sku).is_err() {
+        return Err(ApiError::ProductNotFound(sku));
+    }
+    let lookup = state
+        .catalog
+        .lookup(std::slice::from_ref(&sku))
+        .await
+        .map_err(|e| ApiError::from(PlaceOrderError::Catalog(e)))?;
+    let item = lookup
+        .found
+        .into_iter()
+        .find(|item| item.sku == sku)
+        .ok_or(ApiError::ProductNotFound(sku))?;
+    Ok(Json(ProductView {
+        sku: item.sku,
+        name: item.name,
+        unit_price: MoneyBody {
+            amount_minor: item.unit_price_minor,
+            currency: item.currency,
+        },
+        available: item.available,
+    }))
 }
 
 /// Body of `POST /v1/orders`. Unknown fields are refused so that a misspelt field is an
@@ -222,6 +317,17 @@ pub enum ApiError {
     Unpriceable(String),
     /// No order has this id.
     OrderNotFound(String),
+    /// No product has this SKU.
+    ProductNotFound(String),
+    /// The edge refused the request (rate limit, overload, deadline).
+    Refused {
+        /// 429, 503 or 504.
+        status: StatusCode,
+        /// When to come back, if known.
+        retry_after_secs: Option<u64>,
+        /// Which limit.
+        detail: String,
+    },
     /// No such route.
     RouteNotFound,
     /// The route exists, the method does not.
@@ -291,6 +397,7 @@ struct Problem {
     title: &'static str,
     detail: String,
     extensions: Map<String, Value>,
+    retry_after_secs: Option<u64>,
 }
 
 impl Problem {
@@ -301,6 +408,7 @@ impl Problem {
             title,
             detail,
             extensions: Map::new(),
+            retry_after_secs: None,
         }
     }
 
@@ -386,6 +494,26 @@ impl ApiError {
                 "No such order",
                 format!("there is no order with id {id:?}"),
             ),
+            Self::ProductNotFound(sku) => Problem::new(
+                S::NOT_FOUND,
+                "product-not-found",
+                "No such product",
+                format!("there is no product with SKU {sku:?}"),
+            ),
+            Self::Refused {
+                status,
+                retry_after_secs,
+                detail,
+            } => {
+                let (slug, title) = match status {
+                    S::TOO_MANY_REQUESTS => ("rate-limited", "Too many requests; slow down"),
+                    S::GATEWAY_TIMEOUT => ("timed-out", "The request ran out of time"),
+                    _ => ("overloaded", "The service is overloaded; retry later"),
+                };
+                let mut problem = Problem::new(status, slug, title, detail);
+                problem.retry_after_secs = retry_after_secs;
+                problem
+            }
             Self::RouteNotFound => Problem::new(
                 S::NOT_FOUND,
                 "not-found",
@@ -426,6 +554,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = self.problem();
         let status = problem.status;
+        let retry_after = problem.retry_after_secs.or(match status {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => Some(1),
+            _ => None,
+        });
         let type_uri = format!("/problems/{}", problem.slug);
         let mut details = ProblemDetails::from_status_code(status)
             .with_title(problem.title)
@@ -435,10 +567,10 @@ impl IntoResponse for ApiError {
             details = details.with_type(uri);
         }
         let mut response = details.into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::CONFLICT {
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

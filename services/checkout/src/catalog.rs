@@ -1,18 +1,25 @@
 //! Checkout's view of the product catalog, and the gRPC client that fills it from inventory.
 //!
-//! The order domain sees only [`Catalog`]; the transport (tonic today, with a cache in
-//! front later) stays here.
+//! The order domain sees only [`Catalog`]; the transport stays here. Every lookup goes
+//! through the full client stack of `faultline-resilience` (bulkhead, overall deadline
+//! handed on as `grpc-timeout`, retries within a budget, hedging, a circuit breaker shared by
+//! all callers, per-attempt timeout), then through the telemetry layer that gives each
+//! attempt a client span and injects the trace context.
 
 use std::future::Future;
 use std::time::Duration;
 
-use faultline_proto::inventory::v1::GetProductsRequest;
 use faultline_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use faultline_telemetry::grpc_client::{GrpcClient, GrpcClientLayer};
+use faultline_proto::inventory::v1::{GetProductsRequest, GetProductsResponse};
+use faultline_resilience::{
+    CircuitBreaker, ClientStack, Deadline, GrpcClassifier, ResilienceError,
+};
+use faultline_telemetry::grpc_client::GrpcClientLayer;
 use faultline_telemetry::metrics::Metrics;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
-use tower::Layer;
+use tonic::transport::Endpoint;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Layer, ServiceExt, service_fn};
 
 use crate::config::InventoryClientSettings;
 
@@ -27,6 +34,8 @@ pub struct CatalogItem {
     pub unit_price_minor: i64,
     /// ISO 4217 code.
     pub currency: String,
+    /// Units available when looked up; a hint, the reservation decides.
+    pub available: i64,
 }
 
 /// The result of a catalog lookup.
@@ -55,29 +64,83 @@ pub trait Catalog: Send + Sync {
     fn lookup(&self, skus: &[String]) -> impl Future<Output = Result<Lookup, CatalogError>> + Send;
 }
 
+/// The call the client stack wraps: one typed `GetProducts`, cloneable so retries and hedges
+/// can repeat it.
+type LookupCall = BoxCloneSyncService<GetProductsRequest, GetProductsResponse, BoxError>;
+
+/// Why the catalog client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogSetupError {
+    /// The URL is not a usable endpoint.
+    #[error("inventory endpoint: {0}")]
+    Endpoint(#[from] tonic::transport::Error),
+    /// The resilience settings are invalid.
+    #[error("{0}")]
+    Resilience(#[from] faultline_resilience::ConfigError),
+}
+
 /// The catalog served by inventory's `GetProducts`.
 #[derive(Debug, Clone)]
 pub struct GrpcCatalog {
-    client: InventoryServiceClient<GrpcClient<Channel>>,
+    lookup: LookupCall,
+    breaker: CircuitBreaker,
 }
 
 impl GrpcCatalog {
     /// A client for `settings.url`. Connects lazily, so checkout starts even when inventory
-    /// is not up yet; every call is bounded by the request timeout, which tonic also sends
-    /// as `grpc-timeout` so inventory can give up when checkout has.
-    /// Calls carry the trace context and are recorded in `metrics`.
+    /// is not up yet. Calls are recorded in `metrics`.
     pub fn new(
         settings: &InventoryClientSettings,
         metrics: &Metrics,
-    ) -> Result<Self, tonic::transport::Error> {
+    ) -> Result<Self, CatalogSetupError> {
+        // No Endpoint::timeout: the stack owns time, attempt by attempt.
         let channel = Endpoint::from_shared(settings.url.clone())?
             .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .timeout(Duration::from_millis(settings.request_timeout_ms))
             .connect_lazy();
-        let traced = GrpcClientLayer::new(metrics.clone()).layer(channel);
+        let client =
+            InventoryServiceClient::new(GrpcClientLayer::new(metrics.clone()).layer(channel));
+        let stack = ClientStack::new("inventory", &settings.resilience)?
+            .classifier(GrpcClassifier)
+            .idempotent();
+        let breaker = stack.breaker().clone();
+        let lookup = stack.layer(service_fn(move |request: GetProductsRequest| {
+            let mut client = client.clone();
+            async move {
+                let mut request = tonic::Request::new(request);
+                Deadline::propagate(&mut request);
+                client
+                    .get_products(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(BoxError::from)
+            }
+        }));
         Ok(Self {
-            client: InventoryServiceClient::new(traced),
+            lookup: BoxCloneSyncService::new(lookup),
+            breaker,
         })
+    }
+
+    /// The breaker in front of inventory, shared by every lookup.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+}
+
+fn catalog_error(error: BoxError) -> CatalogError {
+    if let Some(refused) = ResilienceError::find(&*error) {
+        return CatalogError::Unavailable(refused.to_string());
+    }
+    match error.downcast_ref::<tonic::Status>() {
+        Some(status) => match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+                CatalogError::Unavailable(status.message().to_owned())
+            }
+            // A transport failure (connection refused) arrives as Unknown or Cancelled.
+            Code::Unknown | Code::Cancelled => CatalogError::Unavailable(status.to_string()),
+            _ => CatalogError::Failed(status.to_string()),
+        },
+        None => CatalogError::Unavailable(error.to_string()),
     }
 }
 
@@ -87,20 +150,11 @@ impl Catalog for GrpcCatalog {
             skus: skus.to_vec(),
         };
         let response = self
-            .client
+            .lookup
             .clone()
-            .get_products(request)
+            .oneshot(request)
             .await
-            .map_err(|status| match status.code() {
-                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
-                    CatalogError::Unavailable(status.message().to_owned())
-                }
-                // A transport failure (connection refused, timeout) arrives as Unknown or
-                // Cancelled with the cause in the source.
-                Code::Unknown | Code::Cancelled => CatalogError::Unavailable(status.to_string()),
-                _ => CatalogError::Failed(status.to_string()),
-            })?
-            .into_inner();
+            .map_err(catalog_error)?;
         let found = response
             .products
             .into_iter()
@@ -111,6 +165,7 @@ impl Catalog for GrpcCatalog {
                     name: p.name,
                     unit_price_minor: price.amount_minor,
                     currency: price.currency,
+                    available: p.available,
                 }
             })
             .collect();

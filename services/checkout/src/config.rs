@@ -9,6 +9,7 @@ use faultline_idempotency::IdempotencyConfig;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
+use faultline_resilience::{ClientConfig, EdgeConfig, HedgeConfig};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable prefix.
@@ -32,6 +33,9 @@ pub struct Config {
     pub lifecycle: LifecycleSettings,
     /// How checkout calls inventory's catalog.
     pub inventory: InventoryClientSettings,
+    /// The public edge: rate limit per caller, priority shedding, concurrency cap
+    /// (`CHECKOUT_EDGE__*`; defaults in `faultline_resilience::EdgeConfig`).
+    pub edge: EdgeConfig,
     /// Saga deadlines.
     pub saga: SagaSettings,
     /// `Idempotency-Key` handling for `POST /v1/orders`. Defaults: keys live 24 h, an
@@ -48,8 +52,11 @@ pub struct InventoryClientSettings {
     pub url: String,
     /// Default 1 000 ms.
     pub connect_timeout_ms: u64,
-    /// Whole-call deadline, also sent to inventory as `grpc-timeout`. Default 2 000 ms.
-    pub request_timeout_ms: u64,
+    /// The client stack (`CHECKOUT_INVENTORY__RESILIENCE__*`): the crate's defaults (2 s
+    /// overall deadline sent on as `grpc-timeout`, 500 ms per attempt, 3 attempts within a
+    /// 20 % retry budget, a breaker opening at 50 % failures over the last 100 calls), with
+    /// hedging on, since `GetProducts` is a read.
+    pub resilience: ClientConfig,
 }
 
 /// How long saga steps may take.
@@ -85,8 +92,15 @@ impl Default for Config {
             inventory: InventoryClientSettings {
                 url: "http://127.0.0.1:50051".into(),
                 connect_timeout_ms: 1_000,
-                request_timeout_ms: 2_000,
+                resilience: ClientConfig {
+                    hedge: HedgeConfig {
+                        enabled: true,
+                        ..HedgeConfig::default()
+                    },
+                    ..ClientConfig::default()
+                },
             },
+            edge: EdgeConfig::default(),
             saga: SagaSettings {
                 step_timeout_ms: 15_000,
                 max_attempts: 3,
@@ -116,10 +130,6 @@ impl Config {
                 "INVENTORY__CONNECT_TIMEOUT_MS",
                 self.inventory.connect_timeout_ms,
             ),
-            (
-                "INVENTORY__REQUEST_TIMEOUT_MS",
-                self.inventory.request_timeout_ms,
-            ),
             ("SAGA__STEP_TIMEOUT_MS", self.saga.step_timeout_ms),
             ("SAGA__MAX_ATTEMPTS", u64::from(self.saga.max_attempts)),
             ("SAGA__SWEEP_INTERVAL_MS", self.saga.sweep_interval_ms),
@@ -132,6 +142,13 @@ impl Config {
                 ));
             }
         }
+        self.inventory
+            .resilience
+            .validate(&format!("{PREFIX}_INVENTORY__RESILIENCE"))
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        self.edge
+            .validate(&format!("{PREFIX}_EDGE"))
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
         self.idempotency
             .validate(&format!("{PREFIX}_IDEMPOTENCY"))
             .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_IDEMPOTENCY"), reason))?;
@@ -153,6 +170,17 @@ mod tests {
     #[test]
     fn the_defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_broken_resilience_setting_is_refused_by_its_full_name() {
+        let mut config = Config::default();
+        config.inventory.resilience.breaker.failure_rate_threshold = 120.0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("CHECKOUT_INVENTORY__RESILIENCE__BREAKER__FAILURE_RATE_THRESHOLD"),
+            "{error}"
+        );
     }
 
     #[test]

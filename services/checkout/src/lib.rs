@@ -47,6 +47,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.lifecycle,
         &MIGRATOR,
         metrics.clone(),
+        axum::Router::new(),
         &shutdown,
     )
     .await
@@ -102,6 +103,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
 
     let catalog = GrpcCatalog::new(&config.inventory, &metrics).context("inventory client")?;
+    let breaker = faultline_platform::breakers::observe(
+        "inventory",
+        catalog.breaker(),
+        &metrics,
+        life.background(),
+    );
     let state = AppState {
         pool: pool.clone(),
         catalog,
@@ -110,19 +117,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
-    let app = api::router(state, idempotency, config.max_body_bytes, metrics);
+    let app = api::router(
+        state,
+        idempotency,
+        api::Limits {
+            max_body_bytes: config.max_body_bytes,
+            edge: &config.edge,
+        },
+        metrics,
+    );
     life.started();
     tracing::info!(listen = %config.http_listen, "checkout is serving HTTP");
     let drain = life.serving();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { drain.cancelled().await })
-        .await;
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { drain.cancelled().await })
+    .await;
 
     life.end(
         messaging,
         vec![
             ("deadline sweeper", sweeper),
             ("idempotency reaper", reaper),
+            ("breaker log", breaker),
         ],
     )
     .await;

@@ -41,6 +41,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.lifecycle,
         &MIGRATOR,
         metrics.clone(),
+        axum::Router::new(),
         &shutdown,
     )
     .await

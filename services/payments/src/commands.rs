@@ -40,7 +40,8 @@ impl From<PaymentError> for HandlerError {
     fn from(error: PaymentError) -> Self {
         match error {
             PaymentError::Database(error) => HandlerError::Database(error),
-            PaymentError::Provider(error) => HandlerError::Transient(error.to_string()),
+            // The provider being down is not this command's fault; wait for it.
+            PaymentError::Provider(error) => HandlerError::Unavailable(error.to_string()),
             PaymentError::InProgress(_) | PaymentError::KeyTakenOver => {
                 HandlerError::Transient(error.to_string())
             }

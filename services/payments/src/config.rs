@@ -5,6 +5,9 @@
 use std::net::SocketAddr;
 
 use faultline_idempotency::IdempotencyConfig;
+use faultline_resilience::ClientConfig;
+
+use crate::provider::Faults;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
@@ -34,13 +37,19 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
 }
 
-/// How the simulated payment provider decides.
+/// The simulated payment provider and the client stack in front of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSettings {
     /// Authorizations above this many minor units are declined (the card's limit).
     /// Default 50 000 (500.00 in a two-decimal currency).
     pub decline_above_minor: i64,
+    /// Faults at start (`PAYMENTS_PROVIDER__FAULTS__LATENCY_MS`, `..__FAILURE_RATE`);
+    /// changeable at run time through `PUT /provider` on the admin port. Default none.
+    pub faults: Faults,
+    /// The client stack (`PAYMENTS_PROVIDER__RESILIENCE__*`), the crate's defaults: 2 s
+    /// overall, 500 ms per attempt, 3 attempts reusing the idempotency key, a breaker.
+    pub resilience: ClientConfig,
 }
 
 impl Default for Config {
@@ -55,6 +64,8 @@ impl Default for Config {
             lifecycle: LifecycleSettings::default(),
             provider: ProviderSettings {
                 decline_above_minor: 50_000,
+                faults: Faults::default(),
+                resilience: ClientConfig::default(),
             },
             idempotency: IdempotencyConfig::default(),
         }
@@ -72,6 +83,16 @@ impl Config {
             .idempotency
             .validate(&format!("{PREFIX}_IDEMPOTENCY"))
             .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_IDEMPOTENCY"), reason))?;
+        config
+            .provider
+            .faults
+            .validate()
+            .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_PROVIDER__FAULTS"), reason))?;
+        config
+            .provider
+            .resilience
+            .validate(&format!("{PREFIX}_PROVIDER__RESILIENCE"))
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
         if config.provider.decline_above_minor < 0 {
             return Err(ConfigError::invalid(
                 format!("{PREFIX}_PROVIDER__DECLINE_ABOVE_MINOR"),

@@ -7,6 +7,7 @@
 //!
 //! [`run`] starts everything and returns after a graceful shutdown.
 
+pub mod admin;
 pub mod commands;
 mod config;
 pub mod grpc;
@@ -33,13 +34,15 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::commands::CommandHandler;
 use crate::grpc::PaymentsGrpc;
-use crate::provider::SimulatedProvider;
+use crate::provider::{ResilientProvider, SimulatedProvider};
 
 /// The service's own migrations, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Runs the payments service until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let simulated = Arc::new(SimulatedProvider::new(config.provider.decline_above_minor));
+    simulated.set_faults(config.provider.faults);
     let metrics = Metrics::new();
     let life = Lifecycle::begin(
         &config.admin,
@@ -47,6 +50,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.lifecycle,
         &MIGRATOR,
         metrics.clone(),
+        admin::routes(simulated.clone()),
         &shutdown,
     )
     .await
@@ -61,7 +65,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Duration::from_secs(config.idempotency.reap_interval_secs),
         life.background(),
     ));
-    let provider = Arc::new(SimulatedProvider::new(config.provider.decline_above_minor));
+    let provider = Arc::new(
+        ResilientProvider::new(simulated.clone(), &config.provider.resilience)
+            .context("payment provider client")?,
+    );
+    let breaker = faultline_platform::breakers::observe(
+        "payment-provider",
+        provider.breaker(),
+        &metrics,
+        life.background(),
+    );
     let wiring = Wiring {
         service: "payments",
         consumes: vec![topics::PAYMENTS_COMMANDS],
@@ -81,7 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
-        .set_serving::<PaymentsServiceServer<PaymentsGrpc<SimulatedProvider>>>()
+        .set_serving::<PaymentsServiceServer<PaymentsGrpc<ResilientProvider>>>()
         .await;
     let mirror = tokio::spawn(mirror_readiness(
         life.health.clone(),
@@ -104,7 +117,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let served = grpc.await;
     life.end(
         messaging,
-        vec![("idempotency reaper", reaper), ("grpc health", mirror)],
+        vec![
+            ("idempotency reaper", reaper),
+            ("grpc health", mirror),
+            ("breaker log", breaker),
+        ],
     )
     .await;
     served.context("gRPC server failed")?;

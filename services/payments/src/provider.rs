@@ -6,8 +6,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use faultline_resilience::{CircuitBreaker, ClientConfig, ClientStack, RetryIf};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Layer, ServiceExt, service_fn};
 
 /// What is asked of the provider.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +42,8 @@ pub enum ProviderDecision {
     },
 }
 
-/// The provider could not be asked; worth retrying later with the same key.
+/// The provider could not be asked, or its answer was lost; worth retrying later with the
+/// same key.
 #[derive(Debug, thiserror::Error)]
 #[error("payment provider unavailable: {0}")]
 pub struct ProviderError(pub String);
@@ -61,6 +69,34 @@ pub struct SimulatedProvider {
     decline_above_minor: i64,
     decisions: Mutex<Decisions>,
     calls: AtomicU64,
+    faults: Mutex<Faults>,
+}
+
+/// Trouble the simulated provider makes, changeable while it runs (payments' admin port
+/// serves `GET` and `PUT /provider`), so timeouts, retries and the breaker have something
+/// real to face.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Added to every call.
+    pub latency_ms: u64,
+    /// Fraction of calls that fail, 0 to 1. Half of the failures happen after the provider
+    /// decided (the answer is lost on the way back), which is what makes reusing the
+    /// idempotency key on retry matter.
+    pub failure_rate: f64,
+}
+
+impl Faults {
+    /// Checks the ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.failure_rate) {
+            return Err("failure_rate must be between 0 and 1".into());
+        }
+        if self.latency_ms > 60_000 {
+            return Err("latency_ms must be at most 60000".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +111,18 @@ impl SimulatedProvider {
         Self {
             decline_above_minor,
             ..Self::default()
+        }
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Faults {
+        self.faults.lock().map(|f| *f).unwrap_or_default()
+    }
+
+    /// Changes the faults (already validated).
+    pub fn set_faults(&self, faults: Faults) {
+        if let Ok(mut current) = self.faults.lock() {
+            *current = faults;
         }
     }
 
@@ -118,23 +166,123 @@ impl PaymentProvider for SimulatedProvider {
         request: ProviderRequest<'_>,
     ) -> Result<ProviderDecision, ProviderError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut decisions = self
-            .decisions
-            .lock()
-            .map_err(|_| ProviderError("simulated provider state poisoned".into()))?;
-        if let Some(first) = decisions.by_key.get(request.idempotency_key) {
-            return Ok(first.clone());
+        let faults = self.faults();
+        if faults.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
         }
-        let decision = self.decide(request);
-        let key = request.idempotency_key.to_owned();
-        decisions.by_key.insert(key.clone(), decision.clone());
-        decisions.order.push_back(key);
-        if decisions.order.len() > REMEMBERED_KEYS
-            && let Some(oldest) = decisions.order.pop_front()
-        {
-            decisions.by_key.remove(&oldest);
+        let (fails, after_deciding) = {
+            let mut rng = rand::rng();
+            (
+                faults.failure_rate > 0.0 && rng.random::<f64>() < faults.failure_rate,
+                rng.random::<bool>(),
+            )
+        };
+        if fails && !after_deciding {
+            return Err(ProviderError("simulated outage: request refused".into()));
+        }
+        let decision = {
+            let mut decisions = self
+                .decisions
+                .lock()
+                .map_err(|_| ProviderError("simulated provider state poisoned".into()))?;
+            match decisions.by_key.get(request.idempotency_key) {
+                Some(first) => first.clone(),
+                None => {
+                    let decision = self.decide(request);
+                    let key = request.idempotency_key.to_owned();
+                    decisions.by_key.insert(key.clone(), decision.clone());
+                    decisions.order.push_back(key);
+                    if decisions.order.len() > REMEMBERED_KEYS
+                        && let Some(oldest) = decisions.order.pop_front()
+                    {
+                        decisions.by_key.remove(&oldest);
+                    }
+                    decision
+                }
+            }
+        };
+        if fails {
+            return Err(ProviderError(
+                "simulated outage: answer lost after deciding".into(),
+            ));
         }
         Ok(decision)
+    }
+}
+
+/// An owned authorization request, cloneable so that a retry repeats it exactly, idempotency
+/// key included.
+#[derive(Debug, Clone)]
+pub struct AuthorizeCall {
+    /// The key, reused by every retry.
+    pub idempotency_key: String,
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+type Call = BoxCloneSyncService<AuthorizeCall, ProviderDecision, BoxError>;
+
+/// A provider behind the client stack of `faultline-resilience` (deadline, retries within a
+/// budget that reuse the idempotency key, a circuit breaker): what payments actually calls.
+#[derive(Debug, Clone)]
+pub struct ResilientProvider {
+    call: Call,
+    breaker: CircuitBreaker,
+}
+
+impl ResilientProvider {
+    /// Wraps `inner` with the stack configured by `config`.
+    pub fn new<P: PaymentProvider + 'static>(
+        inner: Arc<P>,
+        config: &ClientConfig,
+    ) -> Result<Self, faultline_resilience::ConfigError> {
+        // Only requests that carry a key are retried: without one a retry could hold twice.
+        let stack = ClientStack::new("payment-provider", config)?.retry_safety(RetryIf(
+            |call: &AuthorizeCall| !call.idempotency_key.is_empty(),
+        ));
+        let breaker = stack.breaker().clone();
+        let call = stack.layer(service_fn(move |call: AuthorizeCall| {
+            let inner = inner.clone();
+            async move {
+                inner
+                    .authorize(ProviderRequest {
+                        idempotency_key: &call.idempotency_key,
+                        amount_minor: call.amount_minor,
+                        currency: &call.currency,
+                    })
+                    .await
+                    .map_err(BoxError::from)
+            }
+        }));
+        Ok(Self {
+            call: BoxCloneSyncService::new(call),
+            breaker,
+        })
+    }
+
+    /// The breaker in front of the provider.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+}
+
+impl PaymentProvider for ResilientProvider {
+    async fn authorize(
+        &self,
+        request: ProviderRequest<'_>,
+    ) -> Result<ProviderDecision, ProviderError> {
+        let call = AuthorizeCall {
+            idempotency_key: request.idempotency_key.to_owned(),
+            amount_minor: request.amount_minor,
+            currency: request.currency.to_owned(),
+        };
+        self.call
+            .clone()
+            .oneshot(call)
+            .await
+            .map_err(|error| ProviderError(error.to_string()))
     }
 }
 
@@ -176,6 +324,55 @@ mod tests {
             reason,
             "amount 10.01 EUR exceeds the card's limit of 10.00 EUR"
         );
+    }
+
+    #[tokio::test]
+    async fn faults_refuse_or_lose_answers_but_never_hold_twice() {
+        let provider = SimulatedProvider::new(1_000);
+        provider.set_faults(Faults {
+            latency_ms: 0,
+            failure_rate: 1.0,
+        });
+        for _ in 0..20 {
+            assert!(provider.authorize(request(500)).await.is_err());
+        }
+        assert!(
+            provider.holds() <= 1,
+            "lost answers still hold once per key"
+        );
+        provider.set_faults(Faults::default());
+        assert!(provider.authorize(request(500)).await.is_ok());
+        assert_eq!(provider.holds(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resilient_provider_retries_with_the_same_key_until_it_gets_through() {
+        let inner = Arc::new(SimulatedProvider::new(1_000));
+        inner.set_faults(Faults {
+            latency_ms: 0,
+            failure_rate: 0.5,
+        });
+        let mut config = ClientConfig::default();
+        config.retry.max_attempts = 10;
+        config.retry.initial_backoff_ms = 1;
+        config.retry.max_backoff_ms = 2;
+        config.breaker.minimum_calls = 1_000;
+        config.breaker.window_size = 1_000;
+        let provider = ResilientProvider::new(inner.clone(), &config).unwrap();
+        for i in 0..20 {
+            let key = format!("key-{i}");
+            let decision = provider
+                .authorize(ProviderRequest {
+                    idempotency_key: &key,
+                    amount_minor: 500,
+                    currency: "EUR",
+                })
+                .await
+                .unwrap();
+            assert!(matches!(decision, ProviderDecision::Approved { .. }));
+        }
+        assert_eq!(inner.holds(), 20, "one hold per key");
+        assert!(inner.calls() > 20, "failures were retried");
     }
 
     #[tokio::test]

@@ -1,0 +1,61 @@
+//! Operator routes on payments' admin port: look at the simulated provider and change its
+//! faults while the system runs (`GET` / `PUT /provider`), so failure handling can be watched
+//! live. The admin port is for operators and tests, never exposed publicly.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::provider::{Faults, SimulatedProvider};
+
+#[derive(Debug, Serialize)]
+struct ProviderView {
+    faults: Faults,
+    calls: u64,
+    holds: usize,
+}
+
+fn view(provider: &SimulatedProvider) -> ProviderView {
+    ProviderView {
+        faults: provider.faults(),
+        calls: provider.calls(),
+        holds: provider.holds(),
+    }
+}
+
+async fn show(State(provider): State<Arc<SimulatedProvider>>) -> Json<ProviderView> {
+    Json(view(&provider))
+}
+
+async fn change(
+    State(provider): State<Arc<SimulatedProvider>>,
+    body: Result<Json<Faults>, JsonRejection>,
+) -> Response {
+    let faults = match body {
+        Ok(Json(faults)) => faults,
+        Err(rejection) => return (rejection.status(), rejection.body_text()).into_response(),
+    };
+    if let Err(reason) = faults.validate() {
+        return (StatusCode::UNPROCESSABLE_ENTITY, reason).into_response();
+    }
+    provider.set_faults(faults);
+    tracing::warn!(
+        latency_ms = faults.latency_ms,
+        failure_rate = faults.failure_rate,
+        "payment provider faults changed"
+    );
+    Json(view(&provider)).into_response()
+}
+
+/// `GET /provider` (faults, calls, holds) and `PUT /provider` (new faults).
+pub fn routes(provider: Arc<SimulatedProvider>) -> Router {
+    Router::new()
+        .route("/provider", get(show).put(change))
+        .with_state(provider)
+}
