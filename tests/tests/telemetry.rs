@@ -85,6 +85,16 @@ async fn one_trace_follows_each_order_through_http_the_outbox_kafka_and_grpc() -
         .place_order("alice", &[("LAMP-01", 1)])
         .await?;
     let declined = system.client.place_order("bob", &[("DESK-03", 1)]).await?;
+    // A caller's garbage trace context is ignored, never an error: the request starts a trace.
+    let garbage = reqwest::Client::new()
+        .post(format!("{}/v1/orders", system.client.checkout_url()))
+        .header("content-type", "application/json")
+        .header("idempotency-key", Uuid::new_v4().to_string())
+        .header("traceparent", "00-not-a-trace-at-all-01")
+        .body(Client::order_body("carol", &[("LAMP-01", 1)]).to_string())
+        .send()
+        .await?;
+    assert_eq!(garbage.status(), StatusCode::ACCEPTED);
     system.wait_until_settled(Duration::from_secs(60)).await?;
 
     // Spans arrive in batches; wait until both sagas' last steps are in: four saga events
