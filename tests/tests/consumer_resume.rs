@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use faultline_outbox::consumer::{
     self, ConsumerObserver, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer,
 };
 use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
+use faultline_testkit::{TestDatabase, kafka_brokers};
 use futures_util::future::join_all;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -74,22 +75,12 @@ async fn consume(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_restarted_after_a_partial_commit_resumes_mid_batch() -> anyhow::Result<()> {
-    let brokers =
-        std::env::var("FAULTLINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let postgres = std::env::var("FAULTLINE_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let id = format!(
-        "resume_{}",
-        SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() % 1_000_000_000_000
-    );
+    let brokers = kafka_brokers();
+    let db = TestDatabase::create("resume").await?;
+    let id = db.name.clone();
     let topic = format!("{id}.records");
     let group = format!("{id}.group");
-
-    let admin = PgPool::connect(&format!("{postgres}/postgres")).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {id}")))
-        .execute(&admin)
-        .await?;
-    let pool = PgPool::connect(&format!("{postgres}/{id}")).await?;
+    let pool = db.pool.clone();
     faultline_outbox::migrate(&pool).await?;
     sqlx::raw_sql(r#"CREATE TABLE seen (payload text, run int, "offset" bigint)"#)
         .execute(&pool)
@@ -174,11 +165,6 @@ async fn a_consumer_restarted_after_a_partial_commit_resumes_mid_batch() -> anyh
         "each record exactly once, in order, split across the runs"
     );
 
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {id} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
+    db.drop().await?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -17,44 +17,27 @@ use faultline_idempotency::layer::{IdempotencyLayer, IdempotencyLease, stored_re
 use faultline_idempotency::{
     Claim, Fingerprint, IdempotencyConfig, IdempotencyKey, LeaseError, Store, reaper,
 };
+use faultline_testkit::TestDatabase;
 use http_body_util::BodyExt;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
 struct TestDb {
-    name: String,
-    admin: PgPool,
+    db: TestDatabase,
     pool: PgPool,
 }
 
 impl TestDb {
     async fn new() -> TestDb {
-        let server = std::env::var("FAULTLINE_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("idem_{}_{}", std::process::id(), nanos % 1_000_000_000);
-        let admin = PgPool::connect(&format!("{server}/postgres"))
-            .await
-            .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(30)
-            .connect(&format!("{server}/{name}"))
-            .await
-            .unwrap();
-        faultline_idempotency::migrate(&pool).await.unwrap();
+        let db = TestDatabase::create("idem").await.unwrap();
+        faultline_idempotency::migrate(&db.pool).await.unwrap();
         sqlx::raw_sql("CREATE TABLE effects (id bigserial PRIMARY KEY, note text)")
-            .execute(&pool)
+            .execute(&db.pool)
             .await
             .unwrap();
-        TestDb { name, admin, pool }
+        let pool = db.pool.clone();
+        TestDb { db, pool }
     }
 
     async fn effects(&self) -> i64 {
@@ -87,14 +70,7 @@ impl TestDb {
     }
 
     async fn drop_now(self) {
-        self.pool.close().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&self.admin)
-        .await
-        .unwrap();
+        self.db.drop().await.unwrap();
     }
 }
 

@@ -13,10 +13,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use faultline_outbox::kafka::{TopicSpec, ensure_topics, producer_config};
 use faultline_outbox::{OutboxMessage, Relay, RelayConfig, backlog, enqueue};
+use faultline_testkit::{TestDatabase, kafka_brokers, unique};
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -29,15 +30,7 @@ use tokio_util::sync::CancellationToken;
 const PAYLOAD_BYTES: usize = 256;
 
 fn brokers() -> String {
-    std::env::var("FAULTLINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}_{}", nanos % 1_000_000_000_000)
+    kafka_brokers()
 }
 
 async fn new_topic(partitions: i32) -> String {
@@ -336,31 +329,16 @@ async fn latency(pool: &PgPool) {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; this binary takes no arguments of its own.
-    let server = std::env::var("FAULTLINE_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let n: usize = std::env::var("FAULTLINE_BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
-    let name = unique("outbox_bench");
-    let admin = PgPool::connect(&format!("{server}/postgres"))
-        .await
-        .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&format!("{server}/{name}")).await.unwrap();
+    let db = TestDatabase::create("outbox_bench").await.unwrap();
+    let pool = db.pool.clone();
     faultline_outbox::migrate(&pool).await.unwrap();
 
     throughput(&pool, n).await;
     latency(&pool).await;
 
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    db.drop().await.unwrap();
 }

@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use faultline_outbox::consumer::{
     self, ConsumerObserver, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer,
 };
 use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
 use faultline_outbox::{OutboxMessage, Relay, RelayConfig, Retention, backlog, enqueue};
+use faultline_testkit::{TestDatabase, kafka_brokers, unique};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -22,54 +23,25 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 fn brokers() -> String {
-    std::env::var("FAULTLINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    kafka_brokers()
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-/// A fresh database with the outbox tables; dropped by [`TestDb::drop_now`].
+/// A fresh database with the outbox tables.
 struct TestDb {
-    name: String,
-    admin: PgPool,
+    db: TestDatabase,
     pool: PgPool,
 }
 
 impl TestDb {
     async fn new() -> TestDb {
-        let server = std::env::var("FAULTLINE_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        let name = unique("outbox");
-        let admin = PgPool::connect(&format!("{server}/postgres"))
-            .await
-            .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(20)
-            .connect(&format!("{server}/{name}"))
-            .await
-            .unwrap();
-        faultline_outbox::migrate(&pool).await.unwrap();
-        TestDb { name, admin, pool }
+        let db = TestDatabase::create("outbox").await.unwrap();
+        faultline_outbox::migrate(&db.pool).await.unwrap();
+        let pool = db.pool.clone();
+        TestDb { db, pool }
     }
 
     async fn drop_now(self) {
-        self.pool.close().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&self.admin)
-        .await
-        .unwrap();
+        self.db.drop().await.unwrap();
     }
 }
 

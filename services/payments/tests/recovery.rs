@@ -5,33 +5,19 @@
 // Helpers panic on failure: in a test, that is the report.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use faultline_idempotency::{Claim, IdempotencyConfig, IdempotencyKey, Store};
+use faultline_testkit::TestDatabase;
 use payments::payments::{self as domain, Authorization, AuthorizeRequest, PAYMENT_CREATED};
 use payments::provider::SimulatedProvider;
-use sqlx::PgPool;
 use uuid::Uuid;
 
-async fn database() -> (PgPool, PgPool, String) {
-    let server = std::env::var("FAULTLINE_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let name = format!("payments_recovery_{}", nanos % 1_000_000_000_000);
-    let admin = PgPool::connect(&format!("{server}/postgres"))
-        .await
-        .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&format!("{server}/{name}")).await.unwrap();
-    payments::MIGRATOR.run(&pool).await.unwrap();
-    faultline_idempotency::migrate(&pool).await.unwrap();
-    (admin, pool, name)
+async fn database() -> TestDatabase {
+    let db = TestDatabase::create("payments_recovery").await.unwrap();
+    payments::MIGRATOR.run(&db.pool).await.unwrap();
+    faultline_idempotency::migrate(&db.pool).await.unwrap();
+    db
 }
 
 fn request(order_id: Uuid) -> AuthorizeRequest {
@@ -46,7 +32,8 @@ fn request(order_id: Uuid) -> AuthorizeRequest {
 
 #[tokio::test]
 async fn a_crash_after_the_provider_call_resumes_without_a_second_hold() {
-    let (admin, pool, name) = database().await;
+    let db = database().await;
+    let pool = db.pool.clone();
     let keys = Store::new(
         pool.clone(),
         IdempotencyConfig {
@@ -135,11 +122,5 @@ async fn a_crash_after_the_provider_call_resumes_without_a_second_hold() {
         Claim::Completed(_)
     ));
 
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    db.drop().await.unwrap();
 }

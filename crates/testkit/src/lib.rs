@@ -1,0 +1,83 @@
+//! Test support for integration tests and benchmarks that run against the real local
+//! infrastructure: where Postgres and the broker are, unique names so parallel tests never
+//! share state, and throwaway databases.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), sqlx::Error> {
+//! let db = faultline_testkit::TestDatabase::create("outbox").await?;
+//! sqlx::query("SELECT 1").execute(&db.pool).await?;
+//! db.drop().await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// The Postgres server tests use: `FAULTLINE_POSTGRES_URL`, else the local one.
+pub fn postgres_server() -> String {
+    std::env::var("FAULTLINE_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// The broker tests use: `FAULTLINE_KAFKA_BROKERS`, else the local one.
+pub fn kafka_brokers() -> String {
+    std::env::var("FAULTLINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// `prefix` plus the process id, the time and a counter: unique across concurrent tests and
+/// test processes, and usable as a database or topic name (lower case, digits, `_`).
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A database created for one test, dropped by [`TestDatabase::drop`].
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Its name.
+    pub name: String,
+    /// A pool on it (20 connections).
+    pub pool: PgPool,
+    admin: PgPool,
+}
+
+impl TestDatabase {
+    /// Creates a fresh, empty database named after `prefix`.
+    pub async fn create(prefix: &str) -> Result<Self, sqlx::Error> {
+        let server = postgres_server();
+        let name = unique(prefix);
+        let admin = PgPool::connect(&format!("{server}/postgres")).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&format!("{server}/{name}"))
+            .await?;
+        Ok(Self { name, pool, admin })
+    }
+
+    /// Closes the pool and drops the database, whatever still holds connections to it.
+    pub async fn drop(self) -> Result<(), sqlx::Error> {
+        self.pool.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await?;
+        Ok(())
+    }
+}
