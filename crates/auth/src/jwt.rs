@@ -196,8 +196,12 @@ const MAX_IDENTIFIER_CHARS: usize = 256;
 /// The claims this crate reads; the token may have more.
 #[derive(Deserialize)]
 struct AccessClaims {
-    sub: String,
-    exp: u64,
+    // Optional here so that a missing one is reported as missing (jsonwebtoken checks the
+    // required claims) rather than as a malformed token.
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
@@ -221,8 +225,9 @@ struct Inner {
     validations: Vec<(Algorithm, Validation)>,
     keys: RwLock<Arc<KeySet>>,
     fetcher: Fetcher,
-    /// When the JWKS was last read; held while reading, so reads never overlap.
-    last_read: tokio::sync::Mutex<Option<Instant>>,
+    /// When an unknown `kid` last caused a read of the JWKS. Held during every read, so
+    /// reads never overlap and requests waiting on one see its result.
+    last_kid_read: tokio::sync::Mutex<Option<Instant>>,
     cache: TokenCache,
 }
 
@@ -247,7 +252,6 @@ impl JwtVerifier {
         )?;
         let keys = fetcher.fetch().await?;
         let verifier = Self::build(settings, fetcher, keys);
-        *verifier.inner.last_read.lock().await = Some(Instant::now());
         tracing::info!(kids = ?verifier.keys().key_ids(), "JWKS loaded");
         Ok(verifier)
     }
@@ -274,7 +278,7 @@ impl JwtVerifier {
                 validations,
                 keys: RwLock::new(keys),
                 fetcher,
-                last_read: tokio::sync::Mutex::new(None),
+                last_kid_read: tokio::sync::Mutex::new(None),
                 cache,
             }),
         }
@@ -342,33 +346,37 @@ impl JwtVerifier {
             .map_err(|e| token_error(e.kind()))?
             .claims;
 
-        let principal = principal(claims.sub, claims.tenant, claims.roles, claims.scope, claims.client_id)?;
-        let expires_after = claims.exp.saturating_add(settings.leeway_secs);
+        let (Some(subject), Some(exp)) = (claims.sub, claims.exp) else {
+            return Err(TokenError::MissingClaim);
+        };
+        let principal = principal(subject, claims.tenant, claims.roles, claims.scope, claims.client_id)?;
+        let expires_after = exp.saturating_add(settings.leeway_secs);
         self.inner
             .cache
             .insert(digest, principal.clone(), expires_after, now);
         Ok(principal)
     }
 
-    /// The current key set if it has `kid`; otherwise one read of the JWKS, unless the last
-    /// read was less than `min_refresh_interval_secs` ago.
+    /// The current key set if it has `kid`; otherwise one read of the JWKS, unless an
+    /// unknown `kid` already caused one less than `min_refresh_interval_secs` ago. Scheduled
+    /// reads do not count: the limit bounds what forged kids can cause, nothing else.
     async fn keys_with(&self, kid: &str) -> Result<Arc<KeySet>, TokenError> {
         let keys = self.keys();
         if keys.get(kid).is_some() {
             return Ok(keys);
         }
-        let mut last_read = self.inner.last_read.lock().await;
+        let mut last_kid_read = self.inner.last_kid_read.lock().await;
         // Another request may have read the set while this one waited.
         let keys = self.keys();
         if keys.get(kid).is_some() {
             return Ok(keys);
         }
         let min_interval = Duration::from_secs(self.inner.settings.min_refresh_interval_secs);
-        if last_read.is_some_and(|at| at.elapsed() < min_interval) {
-            tracing::debug!("unknown kid; JWKS read recently, not reading again yet");
+        if last_kid_read.is_some_and(|at| at.elapsed() < min_interval) {
+            tracing::debug!("unknown kid; the JWKS was read for one recently, not again yet");
             return Err(TokenError::UnknownKey);
         }
-        *last_read = Some(Instant::now());
+        *last_kid_read = Some(Instant::now());
         tracing::info!("unknown kid; reading the JWKS again");
         match self.inner.fetcher.fetch().await {
             Ok(fresh) => {
@@ -385,8 +393,7 @@ impl JwtVerifier {
     /// Reads the JWKS now, whatever the rate limit, and installs it. On failure the keys in
     /// force stay. This is what the scheduled refresh calls.
     pub async fn refresh(&self) -> Result<(), JwksError> {
-        let mut last_read = self.inner.last_read.lock().await;
-        *last_read = Some(Instant::now());
+        let _reading = self.inner.last_kid_read.lock().await;
         let fresh = self.inner.fetcher.fetch().await?;
         self.install(fresh);
         Ok(())
@@ -411,17 +418,11 @@ impl JwtVerifier {
     pub fn spawn_refresh(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let verifier = self.clone();
         let period = Duration::from_secs(self.inner.settings.refresh_interval_secs.max(1));
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = ticks.tick() => {
-                        if let Err(error) = verifier.refresh().await {
-                            tracing::warn!(%error, "scheduled JWKS refresh failed; keeping the keys we have");
-                        }
-                    }
+        crate::watch::every(period, shutdown, move || {
+            let verifier = verifier.clone();
+            async move {
+                if let Err(error) = verifier.refresh().await {
+                    tracing::warn!(%error, "scheduled JWKS refresh failed; keeping the keys we have");
                 }
             }
         })

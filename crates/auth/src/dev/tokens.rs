@@ -61,8 +61,19 @@ impl SigningKey {
         } else {
             return Err(DevError("the key is not RSA, P-256 or Ed25519".into()));
         };
-        let mut public = Jwk::from_encoding_key(&encoding, algorithm)
-            .map_err(|e| DevError::new("deriving the public key", e))?;
+        let mut public = if algorithm == Algorithm::EdDSA {
+            // jsonwebtoken derives Ed25519 JWKs from PKCS#8 v1 keys only; rcgen writes v2,
+            // which carries the public key, so take it from there.
+            use base64::Engine as _;
+            let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key_raw());
+            serde_json::from_value(serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA",
+            }))
+            .map_err(|e| DevError::new("deriving the public key", e))?
+        } else {
+            Jwk::from_encoding_key(&encoding, algorithm)
+                .map_err(|e| DevError::new("deriving the public key", e))?
+        };
         let kid = public
             .thumbprint(ThumbprintHash::SHA256)
             .map_err(|e| DevError::new("computing the key id", e))?;
