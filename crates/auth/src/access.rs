@@ -23,9 +23,9 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use tower::{Layer, Service};
 
+use crate::Principal;
 use crate::edge::{DEFAULT_PROBLEM_BASE, DEFAULT_REALM, Unauthenticated, problem};
 use crate::policy::{AccessRequest, Decision, Policy, Resource};
-use crate::Principal;
 
 /// The caller and the policy, for decisions inside a handler. Extract it in any handler
 /// behind an [`crate::AuthLayer`] whose state provides the [`Policy`] (`impl FromRef<AppState>
@@ -77,7 +77,8 @@ where
     type Rejection = Unauthenticated;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let principal = <Principal as FromRequestParts<S>>::from_request_parts(parts, state).await?;
+        let principal =
+            <Principal as FromRequestParts<S>>::from_request_parts(parts, state).await?;
         Ok(Self {
             principal,
             policy: Policy::from_ref(state),
@@ -196,7 +197,10 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let Some(principal) = request.extensions().get::<Principal>() else {
-            tracing::error!(path = request.uri().path(), "AuthorizeLayer without an AuthLayer in front");
+            tracing::error!(
+                path = request.uri().path(),
+                "AuthorizeLayer without an AuthLayer in front"
+            );
             return Box::pin(async { Ok(Unauthenticated::Missing.into_response()) });
         };
         let decision = self.policy.decide(&AccessRequest {

@@ -58,11 +58,7 @@ impl AllowedCallers {
 
     /// Lets `callers` call the method `path` (`/package.Service/Method`). A method rule
     /// overrides a rule for its whole service.
-    pub fn method(
-        mut self,
-        path: &str,
-        callers: impl IntoIterator<Item = ServiceId>,
-    ) -> Self {
+    pub fn method(mut self, path: &str, callers: impl IntoIterator<Item = ServiceId>) -> Self {
         self.methods.insert(
             path.to_owned(),
             Callers::Only(callers.into_iter().collect()),
@@ -71,11 +67,7 @@ impl AllowedCallers {
     }
 
     /// Lets `callers` call every method of `service` (`package.Service`).
-    pub fn service(
-        mut self,
-        service: &str,
-        callers: impl IntoIterator<Item = ServiceId>,
-    ) -> Self {
+    pub fn service(mut self, service: &str, callers: impl IntoIterator<Item = ServiceId>) -> Self {
         self.services.insert(
             service.to_owned(),
             Callers::Only(callers.into_iter().collect()),
@@ -86,7 +78,8 @@ impl AllowedCallers {
     /// Lets any service of the server's trust domain call every method of `service`: for
     /// `grpc.health.v1.Health`, say.
     pub fn service_for_any_caller(mut self, service: &str) -> Self {
-        self.services.insert(service.to_owned(), Callers::AnyService);
+        self.services
+            .insert(service.to_owned(), Callers::AnyService);
         self
     }
 
@@ -174,7 +167,10 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let path = request.uri().path();
         let Some(caller) = peer_identity(&request) else {
-            tracing::info!(method = path, "gRPC call without a verified service identity refused");
+            tracing::info!(
+                method = path,
+                "gRPC call without a verified service identity refused"
+            );
             let status = Status::unauthenticated(
                 "a client certificate carrying a service identity is required",
             );
@@ -224,15 +220,24 @@ mod tests {
     #[test]
     fn method_rules_override_service_rules_and_the_rest_is_denied() {
         let allowed = AllowedCallers::new()
-            .service("faultline.payments.v1.PaymentsService", [id("checkout"), id("ops")])
-            .method("/faultline.payments.v1.PaymentsService/Authorize", [id("checkout")])
+            .service(
+                "faultline.payments.v1.PaymentsService",
+                [id("checkout"), id("ops")],
+            )
+            .method(
+                "/faultline.payments.v1.PaymentsService/Authorize",
+                [id("checkout")],
+            )
             .service_for_any_caller("grpc.health.v1.Health");
         let authorize = "/faultline.payments.v1.PaymentsService/Authorize";
         assert!(allowed.allows(authorize, &id("checkout")));
         assert!(!allowed.allows(authorize, &id("ops")));
         assert!(allowed.allows("/faultline.payments.v1.PaymentsService/Other", &id("ops")));
         assert!(allowed.allows("/grpc.health.v1.Health/Check", &id("inventory")));
-        assert!(!allowed.allows("/faultline.inventory.v1.InventoryService/GetProducts", &id("checkout")));
+        assert!(!allowed.allows(
+            "/faultline.inventory.v1.InventoryService/GetProducts",
+            &id("checkout")
+        ));
         assert!(!allowed.allows("nonsense", &id("checkout")));
     }
 
@@ -240,7 +245,10 @@ mod tests {
     fn on_behalf_of_is_only_sent_when_well_formed() {
         let mut request = tonic::Request::new(());
         set_on_behalf_of(&mut request, "alice");
-        assert_eq!(request.metadata().get(ON_BEHALF_OF.as_str()).unwrap(), "alice");
+        assert_eq!(
+            request.metadata().get(ON_BEHALF_OF.as_str()).unwrap(),
+            "alice"
+        );
         let mut request = tonic::Request::new(());
         set_on_behalf_of(&mut request, "bad\nvalue");
         assert!(request.metadata().get(ON_BEHALF_OF.as_str()).is_none());

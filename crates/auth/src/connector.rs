@@ -80,7 +80,10 @@ impl Service<Uri> for MtlsConnector {
             let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_owned());
             let host = uri.host().ok_or_else(|| invalid("the URI has no host"))?;
             // An IPv6 literal comes bracketed in a URI.
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
             let port = uri
                 .port_u16()
                 .ok_or_else(|| invalid("the URI has no port"))?;
@@ -91,7 +94,9 @@ impl Service<Uri> for MtlsConnector {
             let handshake = TlsConnector::from(config).connect(server_name, tcp);
             let stream = tokio::time::timeout(timeout, handshake)
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
             Ok(TokioIo::new(stream))
         })
     }

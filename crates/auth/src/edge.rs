@@ -34,8 +34,8 @@ use http::{HeaderValue, Request, StatusCode, Uri, header};
 use problem_details::ProblemDetails;
 use tower::{Layer, Service};
 
-use crate::jwt::{JwtVerifier, TokenError};
 use crate::Principal;
+use crate::jwt::{JwtVerifier, TokenError};
 
 /// Default `realm` of the challenges.
 pub const DEFAULT_REALM: &str = "faultline";
@@ -274,7 +274,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
             // Only a route outside the AuthLayer gets here: a wiring mistake, refused safely.
-            tracing::error!(path = parts.uri.path(), "a handler wants a Principal but no AuthLayer ran");
+            tracing::error!(
+                path = parts.uri.path(),
+                "a handler wants a Principal but no AuthLayer ran"
+            );
             Unauthenticated::Missing
         })
     }

@@ -95,10 +95,14 @@ impl ServiceId {
             .subject_alternative_name()
             .map_err(|_| IdentityError::NotACertificate)?
             .ok_or(IdentityError::Missing)?;
-        let mut uris = names.value.general_names.iter().filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
+        let mut uris = names
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            });
         let uri = uris.next().ok_or(IdentityError::Missing)?;
         if uris.next().is_some() {
             return Err(IdentityError::Ambiguous);

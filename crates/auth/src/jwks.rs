@@ -22,7 +22,8 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 /// The algorithms access tokens may be signed with (RFC 8725 §3.1: an explicit allow-list).
-pub const ALLOWED_ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 
 /// A JWKS document larger than this is refused: real sets are a few kilobytes.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -114,7 +115,10 @@ impl KeySet {
                 }
                 Err(reason) => {
                     skipped += 1;
-                    let kid = value.get("kid").and_then(|k| k.as_str()).unwrap_or("(none)");
+                    let kid = value
+                        .get("kid")
+                        .and_then(|k| k.as_str())
+                        .unwrap_or("(none)");
                     tracing::warn!(kid, reason, "JWKS key left out");
                 }
             }
@@ -123,7 +127,10 @@ impl KeySet {
         for kid in duplicated {
             keys.remove(&kid);
             skipped += 2;
-            tracing::warn!(kid, "JWKS has several keys with this kid; all of them left out");
+            tracing::warn!(
+                kid,
+                "JWKS has several keys with this kid; all of them left out"
+            );
         }
         if keys.is_empty() {
             return Err(JwksError::NoUsableKey { skipped });
@@ -300,7 +307,10 @@ impl Fetcher {
         let mut response = self
             .client
             .get(url)
-            .header(http::header::ACCEPT, "application/jwk-set+json, application/json")
+            .header(
+                http::header::ACCEPT,
+                "application/jwk-set+json, application/json",
+            )
             .send()
             .await
             .map_err(|e| failed(e.to_string()))?;
@@ -362,7 +372,13 @@ mod tests {
 
     #[test]
     fn sources_are_urls_or_files() {
-        assert!(matches!(JwksSource::parse("https://idp/jwks"), JwksSource::Url(_)));
-        assert!(matches!(JwksSource::parse(".state/auth/jwks.json"), JwksSource::File(_)));
+        assert!(matches!(
+            JwksSource::parse("https://idp/jwks"),
+            JwksSource::Url(_)
+        ));
+        assert!(matches!(
+            JwksSource::parse(".state/auth/jwks.json"),
+            JwksSource::File(_)
+        ));
     }
 }

@@ -29,11 +29,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::Principal;
 use crate::config::{InvalidSetting, positive};
 use crate::jwks::{ALLOWED_ALGORITHMS, Fetcher, JwksError, JwksSource, KeySet};
 use crate::principal::normalized;
 use crate::token_cache::{self, TokenCache};
-use crate::Principal;
 
 /// How access tokens are verified. Every field can be set from the environment under the
 /// section the service gives it (`CHECKOUT_AUTH__ISSUER`, ...).
@@ -85,7 +85,11 @@ impl JwtSettings {
             return Err(InvalidSetting::new(section, "issuer", "must not be empty"));
         }
         if self.audience.trim().is_empty() {
-            return Err(InvalidSetting::new(section, "audience", "must not be empty"));
+            return Err(InvalidSetting::new(
+                section,
+                "audience",
+                "must not be empty",
+            ));
         }
         match JwksSource::parse(&self.jwks) {
             JwksSource::File(path) if path.as_os_str().is_empty() => {
@@ -112,7 +116,11 @@ impl JwtSettings {
             ));
         }
         positive(section, "refresh_interval_secs", self.refresh_interval_secs)?;
-        positive(section, "min_refresh_interval_secs", self.min_refresh_interval_secs)?;
+        positive(
+            section,
+            "min_refresh_interval_secs",
+            self.min_refresh_interval_secs,
+        )?;
         positive(section, "fetch_timeout_ms", self.fetch_timeout_ms)?;
         if !(256..=64 * 1024).contains(&self.max_token_bytes) {
             return Err(InvalidSetting::new(
@@ -349,7 +357,13 @@ impl JwtVerifier {
         let (Some(subject), Some(exp)) = (claims.sub, claims.exp) else {
             return Err(TokenError::MissingClaim);
         };
-        let principal = principal(subject, claims.tenant, claims.roles, claims.scope, claims.client_id)?;
+        let principal = principal(
+            subject,
+            claims.tenant,
+            claims.roles,
+            claims.scope,
+            claims.client_id,
+        )?;
         let expires_after = exp.saturating_add(settings.leeway_secs);
         self.inner
             .cache
@@ -401,7 +415,11 @@ impl JwtVerifier {
 
     fn install(&self, fresh: Arc<KeySet>) {
         let previous = {
-            let mut keys = self.inner.keys.write().unwrap_or_else(PoisonError::into_inner);
+            let mut keys = self
+                .inner
+                .keys
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             std::mem::replace(&mut *keys, fresh.clone())
         };
         if previous.withdrawn_in(&fresh) {
@@ -519,7 +537,10 @@ mod tests {
             ..JwtSettings::default()
         };
         let err = settings.validate("CHECKOUT_AUTH").unwrap_err();
-        assert!(err.to_string().contains("CHECKOUT_AUTH__LEEWAY_SECS"), "{err}");
+        assert!(
+            err.to_string().contains("CHECKOUT_AUTH__LEEWAY_SECS"),
+            "{err}"
+        );
         JwtSettings::default().validate("CHECKOUT_AUTH").unwrap();
     }
 

@@ -26,9 +26,9 @@ use regorus::{CompiledPolicy, PolicyModule, Value};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::Principal;
 use crate::config::{InvalidSetting, positive};
 use crate::watch;
-use crate::Principal;
 
 /// Where the policy files are and how often they are checked for changes. Every field can
 /// be set from the environment under the section the service gives it
@@ -350,7 +350,9 @@ fn self_check(compiled: &CompiledPolicy) -> Result<(), PolicyError> {
         principal: &nobody,
         resource: None,
     };
-    evaluate(compiled, &probe).map(|_| ()).map_err(PolicyError::Shape)
+    evaluate(compiled, &probe)
+        .map(|_| ())
+        .map_err(PolicyError::Shape)
 }
 
 fn evaluate(

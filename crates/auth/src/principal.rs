@@ -24,12 +24,16 @@ pub struct Principal {
 impl Principal {
     /// Whether the token grants `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.binary_search_by(|s| s.as_str().cmp(scope)).is_ok()
+        self.scopes
+            .binary_search_by(|s| s.as_str().cmp(scope))
+            .is_ok()
     }
 
     /// Whether the token carries `role`.
     pub fn has_role(&self, role: &str) -> bool {
-        self.roles.binary_search_by(|r| r.as_str().cmp(role)).is_ok()
+        self.roles
+            .binary_search_by(|r| r.as_str().cmp(role))
+            .is_ok()
     }
 }
 
@@ -51,7 +55,11 @@ mod tests {
             subject: "alice".into(),
             tenant: None,
             roles: normalized(vec!["admin".into(), "admin".into()]),
-            scopes: normalized(vec!["orders:write".into(), String::new(), "orders:read".into()]),
+            scopes: normalized(vec![
+                "orders:write".into(),
+                String::new(),
+                "orders:read".into(),
+            ]),
             client_id: None,
         };
         assert_eq!(principal.scopes, ["orders:read", "orders:write"]);

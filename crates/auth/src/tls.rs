@@ -26,13 +26,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
     ServerConfig, SignatureScheme,
@@ -311,9 +311,10 @@ impl ServerTls {
     pub fn load(settings: MtlsSettings) -> Result<Self, TlsError> {
         let build: Build<ServerConfig> = Box::new(|material: Material| {
             let provider = provider();
-            let webpki = WebPkiClientVerifier::builder_with_provider(material.roots, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            let webpki =
+                WebPkiClientVerifier::builder_with_provider(material.roots, provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
             let verifier = Arc::new(ClientIdentityVerifier {
                 inner: webpki,
                 trust_domain: material.identity.trust_domain().to_owned(),
@@ -380,9 +381,10 @@ impl ClientTls {
         let expected = server.clone();
         let build: Build<ClientConfig> = Box::new(move |material: Material| {
             let provider = provider();
-            let webpki = WebPkiServerVerifier::builder_with_provider(material.roots, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(material.roots, provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
             let verifier = Arc::new(PinnedServerVerifier {
                 inner: webpki,
                 expected: expected.clone(),

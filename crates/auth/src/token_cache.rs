@@ -52,7 +52,13 @@ impl TokenCache {
         (now <= entry.expires_after).then(|| entry.principal.clone())
     }
 
-    pub(crate) fn insert(&self, key: TokenDigest, principal: Principal, expires_after: u64, now: u64) {
+    pub(crate) fn insert(
+        &self,
+        key: TokenDigest,
+        principal: Principal,
+        expires_after: u64,
+        now: u64,
+    ) {
         if self.capacity == 0 {
             return;
         }
@@ -81,7 +87,10 @@ impl TokenCache {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 

@@ -1,6 +1,8 @@
 //! Key rotation and unknown-`kid` refreshes against a JWKS served over real HTTP by a local
 //! server, so the fetch path (client, status, body cap) is the one production uses.
 
+#![allow(clippy::unwrap_used)] // integration tests: a failure should stop loudly
+
 #[path = "support/env.rs"]
 mod support;
 
@@ -38,7 +40,10 @@ impl Provider {
             .route("/.well-known/jwks.json", get(jwks))
             .with_state((document.clone(), reads.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -78,7 +83,8 @@ impl Drop for Provider {
 }
 
 fn token(key: &SigningKey, subject: &str) -> String {
-    key.mint(&TokenSpec::new(&settings("unused"), subject)).unwrap()
+    key.mint(&TokenSpec::new(&settings("unused"), subject))
+        .unwrap()
 }
 
 fn key() -> SigningKey {
@@ -105,7 +111,10 @@ async fn rotation_accepts_both_keys_during_the_overlap_and_drops_the_old_one_aft
     provider.publish(&[&new]);
     verifier.refresh().await.unwrap();
     assert_eq!(verifier.key_ids(), vec![new.kid().to_owned()]);
-    assert_eq!(verifier.verify(&old_token).await, Err(TokenError::UnknownKey));
+    assert_eq!(
+        verifier.verify(&old_token).await,
+        Err(TokenError::UnknownKey)
+    );
     let answer = send(&app, "GET", "/v1/whoami", Some(&bearer(&old_token))).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     let answer = send(&app, "GET", "/v1/whoami", Some(&bearer(&new_token))).await;
@@ -123,7 +132,14 @@ async fn an_unknown_kid_is_fetched_once_when_it_first_appears() {
     // The provider rotated before our scheduled refresh: the first token with the new kid
     // makes the verifier read the set again, and it verifies.
     provider.publish(&[&first, &second]);
-    assert_eq!(verifier.verify(&token(&second, "carol")).await.unwrap().subject, "carol");
+    assert_eq!(
+        verifier
+            .verify(&token(&second, "carol"))
+            .await
+            .unwrap()
+            .subject,
+        "carol"
+    );
     assert_eq!(provider.reads(), 2);
     // Known from now on: no more reads.
     verifier.verify(&token(&second, "carol")).await.unwrap();
@@ -155,7 +171,14 @@ async fn forged_kids_cause_at_most_one_read_per_interval() {
     assert_eq!(provider.reads(), 2);
     verifier.refresh().await.unwrap();
     assert_eq!(provider.reads(), 3);
-    assert_eq!(verifier.verify(&token(&rotated, "dave")).await.unwrap().subject, "dave");
+    assert_eq!(
+        verifier
+            .verify(&token(&rotated, "dave"))
+            .await
+            .unwrap()
+            .subject,
+        "dave"
+    );
 }
 
 #[tokio::test]
@@ -168,15 +191,24 @@ async fn a_failing_or_broken_provider_leaves_the_keys_in_force() {
         (StatusCode::INTERNAL_SERVER_ERROR, "oops"),
         (StatusCode::OK, "not json"),
         (StatusCode::OK, r#"{"keys": []}"#),
-        (StatusCode::OK, r#"{"keys": [{"kty": "oct", "kid": "x", "k": "c2VjcmV0"}]}"#),
+        (
+            StatusCode::OK,
+            r#"{"keys": [{"kty": "oct", "kid": "x", "k": "c2VjcmV0"}]}"#,
+        ),
     ] {
         provider.answer(status, body);
         assert!(verifier.refresh().await.is_err(), "{status} {body}");
         assert_eq!(verifier.key_ids(), vec![genuine.kid().to_owned()]);
-        assert_eq!(verifier.verify(&genuine_token).await.unwrap().subject, "erin");
+        assert_eq!(
+            verifier.verify(&genuine_token).await.unwrap().subject,
+            "erin"
+        );
     }
     // A document over the size cap is refused too.
     provider.answer(StatusCode::OK, &" ".repeat(2 * 1024 * 1024));
     assert!(verifier.refresh().await.is_err());
-    assert_eq!(verifier.verify(&genuine_token).await.unwrap().subject, "erin");
+    assert_eq!(
+        verifier.verify(&genuine_token).await.unwrap().subject,
+        "erin"
+    );
 }

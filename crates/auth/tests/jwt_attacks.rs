@@ -2,6 +2,8 @@
 //! stale, misdirected or oversized token gets `401 invalid_token` as a problem document,
 //! never a 5xx and never the handler.
 
+#![allow(clippy::unwrap_used)] // integration tests: a failure should stop loudly
+
 #[path = "support/env.rs"]
 mod support;
 
@@ -45,9 +47,16 @@ fn spec(subject: &str) -> TokenSpec {
 }
 
 fn assert_invalid_token(answer: &Answer, token: &str, case: &str) {
-    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{case}: {}", answer.body);
+    assert_eq!(
+        answer.status,
+        StatusCode::UNAUTHORIZED,
+        "{case}: {}",
+        answer.body
+    );
     assert!(
-        answer.challenge().starts_with("Bearer realm=\"faultline\", error=\"invalid_token\""),
+        answer
+            .challenge()
+            .starts_with("Bearer realm=\"faultline\", error=\"invalid_token\""),
         "{case}: {}",
         answer.challenge()
     );
@@ -56,9 +65,16 @@ fn assert_invalid_token(answer: &Answer, token: &str, case: &str) {
         "application/problem+json",
         "{case}"
     );
-    assert!(answer.body.contains("/problems/invalid-token"), "{case}: {}", answer.body);
+    assert!(
+        answer.body.contains("/problems/invalid-token"),
+        "{case}: {}",
+        answer.body
+    );
     if token.len() > 8 {
-        assert!(!answer.body.contains(token), "{case}: the answer echoes the token");
+        assert!(
+            !answer.body.contains(token),
+            "{case}: the answer echoes the token"
+        );
     }
 }
 
@@ -70,7 +86,13 @@ async fn valid_tokens_of_every_allowed_algorithm_pass_and_name_the_caller() {
     for key in [&keys.rsa, &keys.ec, &keys.ed] {
         let token = key.mint(&spec("alice")).unwrap();
         let answer = send(&app, "GET", "/v1/whoami", Some(&bearer(&token))).await;
-        assert_eq!(answer.status, StatusCode::OK, "{:?}: {}", key.algorithm(), answer.body);
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{:?}: {}",
+            key.algorithm(),
+            answer.body
+        );
         // The principal for the handler, and the idempotency scope for the layers after.
         assert_eq!(answer.body, "alice alice");
     }
@@ -81,7 +103,12 @@ async fn valid_tokens_of_every_allowed_algorithm_pass_and_name_the_caller() {
         header.typ = typ.map(str::to_owned);
         let token = keys.ec.sign(&header, &spec("bob").claims()).unwrap();
         let answer = send(&app, "GET", "/v1/whoami", Some(&format!("bearer  {token}"))).await;
-        assert_eq!(answer.status, StatusCode::OK, "typ {typ:?}: {}", answer.body);
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "typ {typ:?}: {}",
+            answer.body
+        );
     }
 }
 
@@ -100,7 +127,13 @@ async fn forged_stale_and_misdirected_tokens_are_refused_with_401() {
     let none = json!({"alg": "none", "typ": "at+jwt", "kid": keys.rsa.kid()});
     cases.push((
         "alg none",
-        format!("{}.{}.", b64(none.to_string().as_bytes()), b64(claims.to_string().as_bytes())), Malformed));
+        format!(
+            "{}.{}.",
+            b64(none.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        ),
+        Malformed,
+    ));
 
     // Algorithm confusion: HS256 "signed" with the RSA public key as the HMAC secret, in
     // the forms an attacker would try.
@@ -121,10 +154,18 @@ async fn forged_stale_and_misdirected_tokens_are_refused_with_401() {
     // A token whose alg names RSA but whose kid is the EC key (and the reverse).
     let mut header = at_header(Algorithm::ES256);
     header.kid = Some(keys.rsa.kid().into());
-    cases.push(("ES256 under an RSA kid", keys.ec.sign(&header, &claims).unwrap(), KeyAlgorithmMismatch));
+    cases.push((
+        "ES256 under an RSA kid",
+        keys.ec.sign(&header, &claims).unwrap(),
+        KeyAlgorithmMismatch,
+    ));
     let mut header = at_header(Algorithm::RS256);
     header.kid = Some(keys.ec.kid().into());
-    cases.push(("RS256 under an EC kid", keys.rsa.sign(&header, &claims).unwrap(), KeyAlgorithmMismatch));
+    cases.push((
+        "RS256 under an EC kid",
+        keys.rsa.sign(&header, &claims).unwrap(),
+        KeyAlgorithmMismatch,
+    ));
 
     // Stale tokens: expired an hour ago, valid only in an hour.
     let mut expired = spec("alice");
@@ -137,10 +178,18 @@ async fn forged_stale_and_misdirected_tokens_are_refused_with_401() {
     // Misdirected: another audience, another issuer.
     let mut other_audience = spec("alice");
     other_audience.audience = "payments-admin".into();
-    cases.push(("wrong aud", keys.rsa.mint(&other_audience).unwrap(), WrongAudience));
+    cases.push((
+        "wrong aud",
+        keys.rsa.mint(&other_audience).unwrap(),
+        WrongAudience,
+    ));
     let mut other_issuer = spec("alice");
     other_issuer.issuer = "https://evil.example".into();
-    cases.push(("wrong iss", keys.rsa.mint(&other_issuer).unwrap(), WrongIssuer));
+    cases.push((
+        "wrong iss",
+        keys.rsa.mint(&other_issuer).unwrap(),
+        WrongIssuer,
+    ));
 
     // Tampered: the payload rewritten to another subject, the signature kept.
     let parts: Vec<&str> = good.split('.').collect();
@@ -150,45 +199,86 @@ async fn forged_stale_and_misdirected_tokens_are_refused_with_401() {
     payload["roles"] = json!(["admin"]);
     cases.push((
         "tampered payload",
-        format!("{}.{}.{}", parts[0], b64(payload.to_string().as_bytes()), parts[2]), BadSignature));
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(payload.to_string().as_bytes()),
+            parts[2]
+        ),
+        BadSignature,
+    ));
     // Tampered signature.
     let mut signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
     signature[10] ^= 1;
     cases.push((
         "tampered signature",
-        format!("{}.{}.{}", parts[0], parts[1], b64(&signature)), BadSignature));
+        format!("{}.{}.{}", parts[0], parts[1], b64(&signature)),
+        BadSignature,
+    ));
 
     // Signed by a key the JWKS does not have.
     let stranger = SigningKey::generate(Algorithm::ES256).unwrap();
-    cases.push(("unknown kid", stranger.mint(&spec("alice")).unwrap(), UnknownKey));
+    cases.push((
+        "unknown kid",
+        stranger.mint(&spec("alice")).unwrap(),
+        UnknownKey,
+    ));
     // No kid at all.
-    cases.push(("no kid", keys.ec.sign(&at_header(Algorithm::ES256), &claims).unwrap(), MissingKeyId));
+    cases.push((
+        "no kid",
+        keys.ec.sign(&at_header(Algorithm::ES256), &claims).unwrap(),
+        MissingKeyId,
+    ));
 
     // Not an access token: an ID token's typ, and a crit header nobody understands.
     let mut header = at_header(Algorithm::ES256);
     header.kid = Some(keys.ec.kid().into());
     header.typ = Some("JWT".into());
-    cases.push(("typ JWT", keys.ec.sign(&header, &claims).unwrap(), NotAnAccessToken));
+    cases.push((
+        "typ JWT",
+        keys.ec.sign(&header, &claims).unwrap(),
+        NotAnAccessToken,
+    ));
     let mut header = at_header(Algorithm::ES256);
     header.kid = Some(keys.ec.kid().into());
     header.crit = Some(vec!["exp".into()]);
-    cases.push(("crit", keys.ec.sign(&header, &claims).unwrap(), UnsupportedCritical));
+    cases.push((
+        "crit",
+        keys.ec.sign(&header, &claims).unwrap(),
+        UnsupportedCritical,
+    ));
 
     // Required claims missing, or ill-formed.
     let mut header = at_header(Algorithm::ES256);
     header.kid = Some(keys.ec.kid().into());
     let mut no_sub = claims.clone();
     no_sub.as_object_mut().unwrap().remove("sub");
-    cases.push(("no sub", keys.ec.sign(&header, &no_sub).unwrap(), MissingClaim));
+    cases.push((
+        "no sub",
+        keys.ec.sign(&header, &no_sub).unwrap(),
+        MissingClaim,
+    ));
     let mut no_exp = claims.clone();
     no_exp.as_object_mut().unwrap().remove("exp");
-    cases.push(("no exp", keys.ec.sign(&header, &no_exp).unwrap(), MissingClaim));
+    cases.push((
+        "no exp",
+        keys.ec.sign(&header, &no_exp).unwrap(),
+        MissingClaim,
+    ));
     let mut control = claims.clone();
     control["sub"] = "alice\nadmin".into();
-    cases.push(("control character in sub", keys.ec.sign(&header, &control).unwrap(), InvalidClaim));
+    cases.push((
+        "control character in sub",
+        keys.ec.sign(&header, &control).unwrap(),
+        InvalidClaim,
+    ));
 
     // Garbage of every shape.
-    cases.push(("two parts", "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0".into(), Malformed));
+    cases.push((
+        "two parts",
+        "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0".into(),
+        Malformed,
+    ));
     cases.push(("not base64", "a.b.c".into(), Malformed));
     cases.push(("not token68", "abc def".into(), Malformed));
 
@@ -225,11 +315,22 @@ async fn a_jwks_entry_whose_alg_contradicts_its_key_type_is_never_used() {
 
     let mut header = at_header(Algorithm::HS256);
     header.kid = Some("hmac".into());
-    let hmac = jsonwebtoken::encode(&header, &spec("alice").claims(), &EncodingKey::from_secret(b"secret")).unwrap();
+    let hmac = jsonwebtoken::encode(
+        &header,
+        &spec("alice").claims(),
+        &EncodingKey::from_secret(b"secret"),
+    )
+    .unwrap();
     let answer = send(&app, "GET", "/v1/whoami", Some(&bearer(&hmac))).await;
     assert_invalid_token(&answer, &hmac, "HS256 with a published symmetric key");
 
-    let answer = send(&app, "GET", "/v1/whoami", Some(&bearer(&ec.mint(&spec("alice")).unwrap()))).await;
+    let answer = send(
+        &app,
+        "GET",
+        "/v1/whoami",
+        Some(&bearer(&ec.mint(&spec("alice")).unwrap())),
+    )
+    .await;
     assert_eq!(answer.status, StatusCode::OK);
 }
 
@@ -257,11 +358,24 @@ async fn missing_or_foreign_credentials_get_a_plain_challenge() {
     let dir = TempDir::new("missing");
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     let app = router(verifier_for(&dir, &[&key]).await);
-    for authorization in [None, Some("Basic YWxpY2U6c2VjcmV0"), Some("Bearer"), Some("")] {
+    for authorization in [
+        None,
+        Some("Basic YWxpY2U6c2VjcmV0"),
+        Some("Bearer"),
+        Some(""),
+    ] {
         let answer = send(&app, "GET", "/v1/whoami", authorization).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{authorization:?}");
-        assert_eq!(answer.challenge(), "Bearer realm=\"faultline\"", "{authorization:?}");
-        assert!(answer.body.contains("/problems/unauthenticated"), "{}", answer.body);
+        assert_eq!(
+            answer.challenge(),
+            "Bearer realm=\"faultline\"",
+            "{authorization:?}"
+        );
+        assert!(
+            answer.body.contains("/problems/unauthenticated"),
+            "{}",
+            answer.body
+        );
     }
     // Unknown routes are behind the layer too: nothing is learned without a token.
     let answer = send(&app, "GET", "/v1/secret-admin", None).await;
@@ -283,6 +397,11 @@ async fn several_authorization_headers_are_an_invalid_request() {
         .unwrap();
     let response = app.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let challenge = response.headers()[http::header::WWW_AUTHENTICATE].to_str().unwrap();
-    assert!(challenge.contains("error=\"invalid_request\""), "{challenge}");
+    let challenge = response.headers()[http::header::WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap();
+    assert!(
+        challenge.contains("error=\"invalid_request\""),
+        "{challenge}"
+    );
 }

@@ -2,6 +2,8 @@
 //! service standing in for payments: who may connect, who may call, and certificates that
 //! change on disk while the server runs.
 
+#![allow(clippy::unwrap_used)] // integration tests: a failure should stop loudly
+
 #[path = "support/env.rs"]
 mod support;
 
@@ -36,7 +38,12 @@ fn id(service: &str) -> ServiceId {
 
 /// Writes `cert` as `<service>.pem` and `<service>-key.pem` in `dir`.
 fn write_cert(dir: &Path, service: &str, cert: &ServiceCert) {
-    write_atomically(&dir.join(format!("{service}-key.pem")), cert.key_pem.expose(), true).unwrap();
+    write_atomically(
+        &dir.join(format!("{service}-key.pem")),
+        cert.key_pem.expose(),
+        true,
+    )
+    .unwrap();
     write_atomically(&dir.join(format!("{service}.pem")), &cert.cert_pem, false).unwrap();
 }
 
@@ -59,7 +66,9 @@ async fn serve(dir: &TempDir) -> (SocketAddr, ServerTls, tokio::task::JoinHandle
     let address = listener.local_addr().unwrap();
     let incoming = MtlsIncoming::new(listener, tls.clone());
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     let allowed = AllowedCallers::new().method(CHECK, [id("checkout")]);
     let server = tokio::spawn(async move {
         // The reporter must live as long as the server, or the service reports unknown.
@@ -100,7 +109,11 @@ async fn check(channel: Channel) -> Result<Serving, tonic::Status> {
 
 /// A call refused during or right after the handshake: the connection never carries it.
 /// `because` is the TLS alert or error it must have failed with, when there is one.
-fn assert_refused_by_tls(result: Result<Serving, tonic::Status>, case: &str, because: Option<&str>) {
+fn assert_refused_by_tls(
+    result: Result<Serving, tonic::Status>,
+    case: &str,
+    because: Option<&str>,
+) {
     let status = result.expect_err(case);
     assert!(
         matches!(status.code(), Code::Unavailable | Code::Unknown),
@@ -119,19 +132,29 @@ async fn only_the_allowed_identity_gets_through() {
 
     let checkout =
         ClientTls::load(MtlsSettings::dev(dir.path(), "checkout"), id("payments")).unwrap();
-    assert_eq!(check(channel(&checkout, address)).await.unwrap(), Serving::Serving);
+    assert_eq!(
+        check(channel(&checkout, address)).await.unwrap(),
+        Serving::Serving
+    );
 
     // A valid certificate from the same CA, for a service that may not call this method.
     let inventory =
         ClientTls::load(MtlsSettings::dev(dir.path(), "inventory"), id("payments")).unwrap();
     let denied = check(channel(&inventory, address)).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
-    assert!(denied.message().contains("spiffe://faultline/inventory"), "{denied:?}");
+    assert!(
+        denied.message().contains("spiffe://faultline/inventory"),
+        "{denied:?}"
+    );
 
     // The client pins the server's identity: payments' certificate is not inventory's.
     let confused =
         ClientTls::load(MtlsSettings::dev(dir.path(), "checkout"), id("inventory")).unwrap();
-    assert_refused_by_tls(check(channel(&confused, address)).await, "server of the wrong identity", Some("ApplicationVerificationFailure"));
+    assert_refused_by_tls(
+        check(channel(&confused, address)).await,
+        "server of the wrong identity",
+        Some("ApplicationVerificationFailure"),
+    );
 }
 
 #[tokio::test]
@@ -165,18 +188,30 @@ async fn connections_without_a_trusted_client_certificate_are_refused() {
     let no_certificate = Endpoint::from_shared(format!("http://{address}"))
         .unwrap()
         .connect_with_connector_lazy(connector);
-    assert_refused_by_tls(check(no_certificate).await, "no client certificate", Some("CertificateRequired"));
+    assert_refused_by_tls(
+        check(no_certificate).await,
+        "no client certificate",
+        Some("CertificateRequired"),
+    );
 
     // A certificate for checkout, but issued by another CA.
     let intruder = TempDir::new("mtls-intruder");
     let other_ca = DevCa::generate("Intruder CA").unwrap();
-    write_cert(intruder.path(), "checkout", &other_ca.issue("checkout", &[]).unwrap());
+    write_cert(
+        intruder.path(),
+        "checkout",
+        &other_ca.issue("checkout", &[]).unwrap(),
+    );
     let settings = MtlsSettings {
         ca_file: dir.join("ca.pem"),
         ..MtlsSettings::dev(intruder.path(), "checkout")
     };
     let forged = ClientTls::load(settings, id("payments")).unwrap();
-    assert_refused_by_tls(check(channel(&forged, address)).await, "certificate from another CA", Some("UnknownCA"));
+    assert_refused_by_tls(
+        check(channel(&forged, address)).await,
+        "certificate from another CA",
+        Some("UnknownCA"),
+    );
 
     // Plaintext HTTP/2 to the TLS port.
     let plaintext = Endpoint::from_shared(format!("http://{address}"))
@@ -192,8 +227,13 @@ async fn connections_without_a_trusted_client_certificate_are_refused() {
 async fn served_certificate(tls: &ClientTls, address: SocketAddr) -> CertificateDer<'static> {
     let tcp = TcpStream::connect(address).await.unwrap();
     let name = ServerName::IpAddress(address.ip().into());
-    let stream = TlsConnector::from(tls.config()).connect(name, tcp).await.unwrap();
-    stream.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+    let stream = TlsConnector::from(tls.config())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
 }
 
 fn der(pem: &str) -> CertificateDer<'static> {
@@ -215,15 +255,24 @@ async fn certificates_reload_from_disk_without_a_restart() {
     let renewed = ca.issue("payments", &[]).unwrap();
     write_cert(dir.path(), "payments", &renewed);
     assert!(server_tls.reload().unwrap());
-    assert_eq!(served_certificate(&checkout, address).await, der(&renewed.cert_pem));
-    assert_eq!(check(channel(&checkout, address)).await.unwrap(), Serving::Serving);
+    assert_eq!(
+        served_certificate(&checkout, address).await,
+        der(&renewed.cert_pem)
+    );
+    assert_eq!(
+        check(channel(&checkout, address)).await.unwrap(),
+        Serving::Serving
+    );
 
     // A half-done rotation (the new key without its certificate) is refused; the renewed
     // certificate stays in force.
     let next = ca.issue("payments", &[]).unwrap();
     std::fs::write(dir.join("payments-key.pem"), next.key_pem.expose()).unwrap();
     assert!(server_tls.reload().is_err());
-    assert_eq!(served_certificate(&checkout, address).await, der(&renewed.cert_pem));
+    assert_eq!(
+        served_certificate(&checkout, address).await,
+        der(&renewed.cert_pem)
+    );
     write_cert(dir.path(), "payments", &renewed);
 
     // The client side reloads too: checkout's files now hold inventory's identity, and the

@@ -2,6 +2,8 @@
 //! reloads swap it without a restart, every decision is logged, and the HTTP glue answers
 //! 403 problem documents.
 
+#![allow(clippy::unwrap_used)] // integration tests: a failure should stop loudly
+
 #[path = "support/env.rs"]
 mod support;
 
@@ -14,8 +16,8 @@ use axum::extract::{FromRef, Path, State};
 use axum::routing::{get, post};
 use faultline_auth::dev::{SigningKey, TokenSpec};
 use faultline_auth::{
-    Access, AccessRequest, AuthLayer, AuthorizeLayer, Forbidden, Policy, PolicySettings,
-    Principal, Resource,
+    Access, AccessRequest, AuthLayer, AuthorizeLayer, Forbidden, Policy, PolicySettings, Principal,
+    Resource,
 };
 use http::StatusCode;
 use jsonwebtoken::Algorithm;
@@ -109,7 +111,13 @@ fn an_admin_reads_any_order_but_not_across_tenants() {
     let policy = policy_in(shipped_policies());
     let path = "/v1/orders/0190a5b2-7c1e-7000-8000-000000000001";
     let mut admin = principal("root", &[], &["admin"]);
-    let any = decide(&policy, "GET", path, &admin, Some(&Resource::owned_by("alice")));
+    let any = decide(
+        &policy,
+        "GET",
+        path,
+        &admin,
+        Some(&Resource::owned_by("alice")),
+    );
     assert!(any.allow, "{any:?}");
     assert_eq!(any.reason, "admins read any order");
 
@@ -133,7 +141,13 @@ fn what_no_rule_allows_is_denied() {
         ("POST", "/v1/orders/1"),
         ("GET", "/admin"),
     ] {
-        let decision = decide(&policy, method, path, &admin, Some(&Resource::owned_by("root")));
+        let decision = decide(
+            &policy,
+            method,
+            path,
+            &admin,
+            Some(&Resource::owned_by("root")),
+        );
         assert!(!decision.allow, "{method} {path}: {decision:?}");
         assert_eq!(decision.reason, "no rule allows this request");
     }
@@ -148,7 +162,10 @@ fn a_reload_swaps_in_changed_files_and_refuses_broken_ones() {
     let policy = policy_in(dir.path().to_owned());
     let version = policy.version();
     let alice = principal("alice", &["orders:write"], &[]);
-    assert!(!policy.reload().unwrap(), "unchanged files are not a new version");
+    assert!(
+        !policy.reload().unwrap(),
+        "unchanged files are not a new version"
+    );
 
     // The operator renames the scope: the next reload enforces it, no restart.
     std::fs::write(&file, shipped.replace("orders:write", "orders:place")).unwrap();
@@ -216,7 +233,9 @@ fn every_decision_is_logged_with_version_and_reason() {
     let decisions: Vec<_> = tracing::subscriber::with_default(subscriber, || {
         requests
             .iter()
-            .map(|(method, path, resource)| decide(&policy, method, path, &alice, resource.as_ref()))
+            .map(|(method, path, resource)| {
+                decide(&policy, method, path, &alice, resource.as_ref())
+            })
             .collect()
     });
 
@@ -294,8 +313,15 @@ async fn the_http_glue_answers_403_problems_with_rfc_6750_challenges() {
         answer.challenge(),
         "Bearer realm=\"faultline\", error=\"insufficient_scope\", error_description=\"the access token lacks a required scope\", scope=\"orders:write\""
     );
-    assert!(answer.body.contains("/problems/insufficient-scope"), "{}", answer.body);
-    assert_eq!(answer.headers[http::header::CONTENT_TYPE], "application/problem+json");
+    assert!(
+        answer.body.contains("/problems/insufficient-scope"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        answer.headers[http::header::CONTENT_TYPE],
+        "application/problem+json"
+    );
 
     let answer = send(&app, "GET", "/v1/orders/1", Some(&token(&["orders:read"]))).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -303,8 +329,16 @@ async fn the_http_glue_answers_403_problems_with_rfc_6750_challenges() {
 
     let answer = send(&app, "GET", "/v1/orders/2", Some(&token(&["orders:read"]))).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
-    assert!(answer.body.contains("/problems/forbidden"), "{}", answer.body);
-    assert!(answer.body.contains("customers read only their own orders"), "{}", answer.body);
+    assert!(
+        answer.body.contains("/problems/forbidden"),
+        "{}",
+        answer.body
+    );
+    assert!(
+        answer.body.contains("customers read only their own orders"),
+        "{}",
+        answer.body
+    );
     assert!(answer.challenge().is_empty());
 
     // Authentication still comes first.

@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use faultline_auth::dev::{DevCa, SigningKey, TokenSpec, jwks_json, write_atomically};
 use faultline_auth::JwtSettings;
+use faultline_auth::dev::{DevCa, SigningKey, TokenSpec, jwks_json, write_atomically};
 use jsonwebtoken::Algorithm;
 
 const SIGNING_KEY: &str = "signing-key.pem";
@@ -26,7 +26,10 @@ const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";
 
 #[derive(Parser)]
-#[command(name = "faultline-auth-dev", about = "Development keys, tokens and certificates for Faultline (never for production)")]
+#[command(
+    name = "faultline-auth-dev",
+    about = "Development keys, tokens and certificates for Faultline (never for production)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -196,7 +199,11 @@ fn keys(dir: &Path, alg: Algorithm, rotate: bool, retire: bool) -> Result<()> {
         "{} publishes {} key(s): {}",
         dir.join(JWKS).display(),
         published.len(),
-        published.iter().map(|k| k.kid()).collect::<Vec<_>>().join(", ")
+        published
+            .iter()
+            .map(|k| k.kid())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -204,7 +211,10 @@ fn keys(dir: &Path, alg: Algorithm, rotate: bool, retire: bool) -> Result<()> {
 fn certs(dir: &Path, services: &[String], dns_names: &[String]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
-    let ca = match (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path)) {
+    let ca = match (
+        std::fs::read_to_string(&cert_path),
+        std::fs::read_to_string(&key_path),
+    ) {
         (Ok(cert), Ok(key)) => DevCa::from_pem(&cert, &key)?,
         _ => {
             let ca = DevCa::generate("Faultline Dev CA")?;
@@ -219,9 +229,17 @@ fn certs(dir: &Path, services: &[String], dns_names: &[String]) -> Result<()> {
         let issued = ca.issue(service, &extra)?;
         // Key first: a server reloading between the two writes then sees a mismatched pair,
         // refuses it and keeps its old certificate, rather than serving a new key late.
-        write_atomically(&dir.join(format!("{service}-key.pem")), issued.key_pem.expose(), true)?;
+        write_atomically(
+            &dir.join(format!("{service}-key.pem")),
+            issued.key_pem.expose(),
+            true,
+        )?;
         write_atomically(&dir.join(format!("{service}.pem")), &issued.cert_pem, false)?;
-        eprintln!("{} for {}", dir.join(format!("{service}.pem")).display(), issued.identity);
+        eprintln!(
+            "{} for {}",
+            dir.join(format!("{service}.pem")).display(),
+            issued.identity
+        );
     }
     Ok(())
 }

@@ -34,10 +34,9 @@ impl SigningKey {
     /// (Ed25519).
     pub fn generate(algorithm: Algorithm) -> Result<Self, DevError> {
         let pair = match algorithm {
-            Algorithm::RS256 => rcgen::KeyPair::generate_rsa_for(
-                &rcgen::PKCS_RSA_SHA256,
-                rcgen::RsaKeySize::_2048,
-            ),
+            Algorithm::RS256 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            }
             Algorithm::ES256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
             Algorithm::EdDSA => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
             other => return Err(DevError(format!("{other:?} is not an allowed algorithm"))),
@@ -49,7 +48,8 @@ impl SigningKey {
     /// A key from its PKCS#8 PEM (as [`SigningKey::to_pkcs8_pem`] writes it); the algorithm
     /// follows from the key type.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, DevError> {
-        let pair = rcgen::KeyPair::from_pem(pem).map_err(|e| DevError::new("reading the key", e))?;
+        let pair =
+            rcgen::KeyPair::from_pem(pem).map_err(|e| DevError::new("reading the key", e))?;
         let pkcs8 = pair.serialize_der();
         let signature = pair.algorithm();
         let (algorithm, encoding) = if signature == &rcgen::PKCS_ECDSA_P256_SHA256 {
@@ -57,7 +57,10 @@ impl SigningKey {
         } else if signature == &rcgen::PKCS_ED25519 {
             (Algorithm::EdDSA, EncodingKey::from_ed_der(&pkcs8))
         } else if signature == &rcgen::PKCS_RSA_SHA256 {
-            (Algorithm::RS256, EncodingKey::from_rsa_der(&rsa_private_key(&pkcs8)?))
+            (
+                Algorithm::RS256,
+                EncodingKey::from_rsa_der(&rsa_private_key(&pkcs8)?),
+            )
         } else {
             return Err(DevError("the key is not RSA, P-256 or Ed25519".into()));
         };

@@ -2,6 +2,7 @@
 //! with the auth layer in front of a handler that echoes what it was given.
 
 #![allow(dead_code)] // each test file uses a different part
+#![allow(clippy::unwrap_used)] // test helpers: a failure should stop the test loudly
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,7 +60,9 @@ pub(crate) fn settings(jwks: &str) -> JwtSettings {
 pub(crate) async fn verifier_for(dir: &TempDir, keys: &[&SigningKey]) -> JwtVerifier {
     let path = dir.join("jwks.json");
     std::fs::write(&path, jwks_json(keys)).unwrap();
-    JwtVerifier::new(settings(path.to_str().unwrap())).await.unwrap()
+    JwtVerifier::new(settings(path.to_str().unwrap()))
+        .await
+        .unwrap()
 }
 
 /// A router whose one route answers `200 <subject> <caller>` behind the auth layer.
@@ -89,7 +92,12 @@ impl Answer {
 }
 
 /// Sends `GET path` with the given `Authorization` value through `router`.
-pub(crate) async fn send(router: &Router, method: &str, path: &str, authorization: Option<&str>) -> Answer {
+pub(crate) async fn send(
+    router: &Router,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> Answer {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(value) = authorization {
         request = request.header(header::AUTHORIZATION, value);
