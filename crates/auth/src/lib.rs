@@ -40,7 +40,7 @@ mod token_cache;
 mod watch;
 
 pub use access::{Access, AuthorizeLayer, Forbidden};
-pub use callers::{AllowedCallers, CallContext, CallerAuthLayer, ON_BEHALF_OF};
+pub use callers::{AllowedCallers, CallContext, CallerAuthLayer, ON_BEHALF_OF, set_on_behalf_of};
 pub use config::InvalidSetting;
 pub use connector::MtlsConnector;
 pub use edge::{AuthLayer, Unauthenticated};
