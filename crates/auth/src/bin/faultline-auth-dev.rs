@@ -81,7 +81,7 @@ enum Command {
     },
     /// Creates a dev CA (unless it exists) and a certificate per service.
     Certs {
-        /// Where ca.pem, ca-key.pem, <service>.pem and <service>-key.pem go.
+        /// Where ca.pem, ca-key.pem and each SERVICE.pem and SERVICE-key.pem go.
         #[arg(long, default_value = ".state/certs")]
         dir: PathBuf,
         /// Services to issue certificates for (repeat the flag).
