@@ -1,0 +1,275 @@
+//! What authentication and authorization cost per request, measured side by side in one run
+//! (these machines are noisy; only ratios measured together mean much):
+//!
+//! 1. `per_request`: token verification with a warm JWKS, with and without the verified-token
+//!    cache, for each algorithm; one policy decision; and the two together as the edge pays
+//!    them.
+//! 2. `handler`: an axum handler shaped like checkout's `GET /v1/orders/{id}` (path
+//!    extraction, a JSON order view), called in-process with `oneshot`, with the auth layer
+//!    and the policy check off, with authentication only, and with both. Criterion reports
+//!    requests per second for each; the ratio on/off is the figure of merit (target ≥ 0.9).
+//!
+//! Run with `cargo bench -p faultline-auth --bench auth`.
+
+#![allow(clippy::unwrap_used)] // a benchmark that fails should stop loudly
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRef, Path};
+use axum::routing::get;
+use axum::{Json, extract::State};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use faultline_auth::dev::{SigningKey, TokenSpec, jwks_json};
+use faultline_auth::{
+    Access, AccessRequest, AuthLayer, JwtSettings, JwtVerifier, Policy, PolicySettings, Resource,
+};
+use http::{Request, StatusCode, header};
+use jsonwebtoken::Algorithm;
+use serde::Serialize;
+use tower::ServiceExt;
+
+const ORDER: &str = "/v1/orders/0190a5b2-7c1e-7000-8000-000000000001";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct Fixture {
+    _dir: PathBuf,
+    settings: JwtSettings,
+    keys: Vec<SigningKey>,
+    policy: Policy,
+}
+
+fn fixture() -> Fixture {
+    let dir = std::env::temp_dir().join(format!("faultline-auth-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys: Vec<SigningKey> = [Algorithm::ES256, Algorithm::RS256, Algorithm::EdDSA]
+        .into_iter()
+        .map(|alg| SigningKey::generate(alg).unwrap())
+        .collect();
+    let refs: Vec<&SigningKey> = keys.iter().collect();
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, jwks_json(&refs)).unwrap();
+    let settings = JwtSettings {
+        jwks: jwks.to_str().unwrap().to_owned(),
+        ..JwtSettings::default()
+    };
+    let policy = Policy::load(PolicySettings {
+        dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies"),
+        ..PolicySettings::default()
+    })
+    .unwrap();
+    Fixture {
+        _dir: dir,
+        settings,
+        keys,
+        policy,
+    }
+}
+
+fn token(fixture: &Fixture, key: usize) -> String {
+    let spec = TokenSpec::new(&fixture.settings, "alice").scopes(&["orders:read", "orders:write"]);
+    fixture.keys[key].mint(&spec).unwrap()
+}
+
+fn per_request(c: &mut Criterion) {
+    let rt = runtime();
+    let fixture = fixture();
+    let cached = rt
+        .block_on(JwtVerifier::new(fixture.settings.clone()))
+        .unwrap();
+    let uncached = rt
+        .block_on(JwtVerifier::new(JwtSettings {
+            token_cache_entries: 0,
+            ..fixture.settings.clone()
+        }))
+        .unwrap();
+    let es256 = token(&fixture, 0);
+    let rs256 = token(&fixture, 1);
+    let eddsa = token(&fixture, 2);
+    let principal = rt.block_on(cached.verify(&es256)).unwrap();
+    let owner = Resource::owned_by("alice");
+
+    let mut group = c.benchmark_group("per_request");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("verify ES256, cached token", |b| {
+        b.to_async(&rt).iter(|| cached.verify(&es256));
+    });
+    for (name, token) in [("ES256", &es256), ("RS256", &rs256), ("EdDSA", &eddsa)] {
+        group.bench_function(format!("verify {name}, signature checked"), |b| {
+            b.to_async(&rt).iter(|| uncached.verify(token));
+        });
+    }
+    group.bench_function("policy decision (GET own order)", |b| {
+        b.iter(|| {
+            fixture.policy.decide(&AccessRequest {
+                method: "GET",
+                path: ORDER,
+                principal: &principal,
+                resource: Some(&owner),
+            })
+        });
+    });
+    group.bench_function("verify cached + policy decision", |b| {
+        b.to_async(&rt).iter(|| async {
+            let principal = cached.verify(&es256).await.unwrap();
+            fixture.policy.decide(&AccessRequest {
+                method: "GET",
+                path: ORDER,
+                principal: &principal,
+                resource: Some(&owner),
+            })
+        });
+    });
+    group.finish();
+}
+
+/// The JSON a `GET /v1/orders/{id}` answers, shaped like checkout's order view.
+#[derive(Serialize)]
+struct OrderView {
+    order_id: String,
+    customer_id: &'static str,
+    status: &'static str,
+    items: Vec<Item>,
+    total: Money,
+}
+
+#[derive(Serialize)]
+struct Item {
+    sku: &'static str,
+    name: &'static str,
+    quantity: i64,
+    unit_price: Money,
+}
+
+#[derive(Serialize)]
+struct Money {
+    amount_minor: i64,
+    currency: &'static str,
+}
+
+fn order(id: String) -> OrderView {
+    let item = |sku, name, quantity, amount_minor| Item {
+        sku,
+        name,
+        quantity,
+        unit_price: Money {
+            amount_minor,
+            currency: "EUR",
+        },
+    };
+    OrderView {
+        order_id: id,
+        customer_id: "alice",
+        status: "CONFIRMED",
+        items: vec![
+            item("LAMP-01", "Desk lamp", 2, 4_950),
+            item("MUG-04", "Mug", 1, 1_700),
+        ],
+        total: Money {
+            amount_minor: 11_600,
+            currency: "EUR",
+        },
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    policy: Policy,
+}
+
+impl FromRef<AppState> for Policy {
+    fn from_ref(state: &AppState) -> Policy {
+        state.policy.clone()
+    }
+}
+
+async fn open_order(Path(id): Path<String>) -> Json<OrderView> {
+    Json(order(id))
+}
+
+async fn authenticated_order(
+    _principal: faultline_auth::Principal,
+    Path(id): Path<String>,
+) -> Json<OrderView> {
+    Json(order(id))
+}
+
+async fn authorized_order(
+    access: Access,
+    State(_): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, faultline_auth::Forbidden> {
+    let view = order(id);
+    access.require(&Resource::owned_by(view.customer_id))?;
+    Ok(Json(view))
+}
+
+fn handler(c: &mut Criterion) {
+    let rt = runtime();
+    let fixture = fixture();
+    let verifier = rt
+        .block_on(JwtVerifier::new(fixture.settings.clone()))
+        .unwrap();
+    let bearer = format!("Bearer {}", token(&fixture, 0));
+    let state = AppState {
+        policy: fixture.policy.clone(),
+    };
+    let off: Router = Router::new().route("/v1/orders/{id}", get(open_order));
+    let authn: Router = Router::new()
+        .route("/v1/orders/{id}", get(authenticated_order))
+        .layer(AuthLayer::new(verifier.clone()));
+    let authz: Router = Router::new()
+        .route("/v1/orders/{id}", get(authorized_order))
+        .layer(AuthLayer::new(verifier))
+        .with_state(state);
+
+    let call = |router: Router, authorization: Option<String>| async move {
+        let mut request = Request::get(ORDER);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let response = router
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+    };
+    // Each router answers 200 before it is measured.
+    rt.block_on(call(authz.clone(), Some(bearer.clone())));
+
+    let mut group = c.benchmark_group("handler");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("auth off", |b| {
+        b.to_async(&rt).iter(|| call(off.clone(), None));
+    });
+    group.bench_function("authentication on", |b| {
+        b.to_async(&rt)
+            .iter(|| call(authn.clone(), Some(bearer.clone())));
+    });
+    group.bench_function("authentication + policy on", |b| {
+        b.to_async(&rt)
+            .iter(|| call(authz.clone(), Some(bearer.clone())));
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(5));
+    targets = per_request, handler
+}
+criterion_main!(benches);
