@@ -10,14 +10,16 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/faultline/target
 CARGO ?= cargo
 
-.PHONY: demo test down deps build lint status bench-outbox
+.PHONY: demo test down deps build credentials lint status bench-outbox
 
 ## demo: start Postgres, Redis, the broker and the services; place three orders
-demo: deps build
+demo: deps build credentials
 	scripts/services.sh start
 	$(CARGO_TARGET_DIR)/debug/demo
 	@echo
-	@echo "Faultline is still running: checkout on http://127.0.0.1:8080 (try GET /v1/orders/<id>)."
+	@echo "Faultline is still running: checkout on http://127.0.0.1:8080. Get a token with"
+	@echo "  $(CARGO_TARGET_DIR)/debug/faultline-auth-dev token --sub alice"
+	@echo "and try GET /v1/orders/<id> with 'authorization: Bearer <token>' (README.md)."
 	@echo "Stop it with 'make down'."
 
 ## test: start the dependencies and run every test (unit, property, integration, end-to-end)
@@ -36,6 +38,13 @@ deps:
 # the same compiled dependencies instead of rebuilding them with other feature sets.
 build:
 	$(CARGO) build --workspace --all-targets
+
+## credentials: a dev token signing key + JWKS (.state/auth) and a dev CA with a certificate
+## per service and the operator (.state/certs). Existing keys and the CA are kept.
+credentials: build
+	$(CARGO_TARGET_DIR)/debug/faultline-auth-dev keys --dir .state/auth
+	$(CARGO_TARGET_DIR)/debug/faultline-auth-dev certs --dir .state/certs \
+		--service checkout --service inventory --service payments --service operator
 
 lint:
 	$(CARGO) fmt --all --check

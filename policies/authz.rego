@@ -60,6 +60,17 @@ owns_resource if {
 	input.resource.owner == input.principal.subject
 }
 
+reading_catalog if {
+	input.method == "GET"
+	count(path_parts) == 3
+	path_parts[0] == "v1"
+	path_parts[1] == "products"
+}
+
+# --- the catalog is open to every authenticated caller --------------------------------------
+
+grants contains "authenticated callers read the catalog" if reading_catalog
+
 # --- placing an order needs the scope orders:write -------------------------------------------
 
 grants contains "scope orders:write places orders" if {

@@ -35,6 +35,8 @@ running() {
 }
 
 start() {
+  # The services' defaults name files relative to the repository (.state/certs, policies/).
+  cd "$ROOT"
   mkdir -p "$LOGS"
   for service in "${SERVICES[@]}"; do
     if running "$service"; then

@@ -1,4 +1,5 @@
-//! A client for a running Faultline: the public HTTP API and inventory's operator gRPC.
+//! A client for a running Faultline: the public HTTP API (with bearer tokens) and
+//! inventory's gRPC (over mutual TLS, as the operator).
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,8 @@ use faultline_proto::inventory::v1::inventory_service_client::InventoryServiceCl
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::credentials::{Caller, Credentials};
 
 /// A product to load into the catalog.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub struct Answer {
     pub content_type: String,
     /// `Location` header, if any.
     pub location: Option<String>,
+    /// `WWW-Authenticate` header, if any.
+    pub www_authenticate: Option<String>,
     /// `Retry-After` header, if any.
     pub retry_after: Option<String>,
     /// `Idempotent-Replayed` header, if any.
@@ -40,17 +45,28 @@ pub struct Answer {
     pub body: Value,
 }
 
-/// Talks to checkout over HTTP and to inventory over gRPC.
+/// Talks to checkout over HTTP as one caller and to inventory over gRPC as the operator.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     checkout_url: String,
     inventory_url: String,
+    credentials: Credentials,
+    /// Whose token goes with HTTP requests; `None` sends none.
+    caller: Option<Caller>,
 }
 
+/// The customer a new [`Client`] speaks for.
+pub const DEFAULT_CUSTOMER: &str = "customer-1";
+
 impl Client {
-    /// A client for checkout at `checkout_url` and inventory at `inventory_url`.
-    pub fn new(checkout_url: impl Into<String>, inventory_url: impl Into<String>) -> Self {
+    /// A client for checkout at `checkout_url` and inventory at `inventory_url`
+    /// (`https://...`), speaking for [`DEFAULT_CUSTOMER`].
+    pub fn new(
+        checkout_url: impl Into<String>,
+        inventory_url: impl Into<String>,
+        credentials: Credentials,
+    ) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -58,7 +74,45 @@ impl Client {
                 .unwrap_or_default(),
             checkout_url: checkout_url.into(),
             inventory_url: inventory_url.into(),
+            credentials,
+            caller: Some(Caller::Customer(DEFAULT_CUSTOMER.into())),
         }
+    }
+
+    /// The same client speaking for `caller`.
+    pub fn as_caller(&self, caller: Caller) -> Self {
+        Self {
+            caller: Some(caller),
+            ..self.clone()
+        }
+    }
+
+    /// The same client speaking for the customer `subject`.
+    pub fn as_customer(&self, subject: &str) -> Self {
+        self.as_caller(Caller::Customer(subject.to_owned()))
+    }
+
+    /// The same client sending no token at all.
+    pub fn anonymous(&self) -> Self {
+        Self {
+            caller: None,
+            ..self.clone()
+        }
+    }
+
+    /// The credentials this client's tokens and certificates come from.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    fn authorized(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
+        Ok(match &self.caller {
+            Some(caller) => request.bearer_auth(self.credentials.token(caller)?),
+            None => request,
+        })
     }
 
     /// Inventory's gRPC endpoint.
@@ -72,11 +126,27 @@ impl Client {
     }
 
     async fn inventory(&self) -> anyhow::Result<InventoryServiceClient<tonic::transport::Channel>> {
-        let channel = tonic::transport::Endpoint::from_shared(self.inventory_url.clone())?
-            .connect()
+        Ok(InventoryServiceClient::new(
+            self.grpc_channel("inventory", &self.inventory_url).await?,
+        ))
+    }
+
+    /// A connected mutual-TLS channel to `server` (`inventory`, `payments`) at `url`, as the
+    /// operator.
+    pub async fn grpc_channel(
+        &self,
+        server: &str,
+        url: &str,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        let tls = self.credentials.operator_tls(server)?;
+        let endpoint = tls.channel(url, |e| e.connect_timeout(Duration::from_secs(5)))?;
+        // The channel connects lazily; one cheap call proves the handshake now.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(endpoint.clone());
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
             .await
-            .with_context(|| format!("connecting to inventory at {}", self.inventory_url))?;
-        Ok(InventoryServiceClient::new(channel))
+            .with_context(|| format!("connecting to {server} at {url}"))?;
+        Ok(endpoint)
     }
 
     /// Creates or updates products and adds their stock.
@@ -126,10 +196,11 @@ impl Client {
         content_type: Option<&str>,
         idempotency_key: Option<&str>,
     ) -> anyhow::Result<Answer> {
-        let mut request = self
-            .http
-            .post(format!("{}/v1/orders", self.checkout_url))
-            .body(body);
+        let mut request = self.authorized(
+            self.http
+                .post(format!("{}/v1/orders", self.checkout_url))
+                .body(body),
+        )?;
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
@@ -146,24 +217,19 @@ impl Client {
             .await
     }
 
-    /// The body of an order for `customer` with `items`.
-    pub fn order_body(customer: &str, items: &[(&str, i64)]) -> Value {
+    /// The body of an order for `items` (the customer is the token's subject).
+    pub fn order_body(items: &[(&str, i64)]) -> Value {
         let items: Vec<Value> = items
             .iter()
             .map(|(sku, quantity)| json!({ "sku": sku, "quantity": quantity }))
             .collect();
-        json!({ "customer_id": customer, "items": items })
+        json!({ "items": items })
     }
 
     /// `GET` of `path` on checkout, once.
     pub async fn get(&self, path: &str) -> anyhow::Result<Answer> {
-        answer(
-            self.http
-                .get(format!("{}{path}", self.checkout_url))
-                .send()
-                .await?,
-        )
-        .await
+        let request = self.authorized(self.http.get(format!("{}{path}", self.checkout_url)))?;
+        answer(request.send().await?).await
     }
 
     /// `GET` of `path`, retried as a polite client does while the edge answers 429 or 503.
@@ -180,11 +246,12 @@ impl Client {
         bail!("GET {path} kept being refused by the edge")
     }
 
-    /// Places an order (with a fresh `Idempotency-Key`) and returns its id; fails unless
-    /// checkout answers 202.
+    /// Places an order as the customer `customer` (with a fresh `Idempotency-Key`) and
+    /// returns its id; fails unless checkout answers 202.
     pub async fn place_order(&self, customer: &str, items: &[(&str, i64)]) -> anyhow::Result<Uuid> {
         let answer = self
-            .post_order_json(&Self::order_body(customer, items))
+            .as_customer(customer)
+            .post_order_json(&Self::order_body(items))
             .await?;
         if answer.status != StatusCode::ACCEPTED {
             bail!("order refused with {}: {}", answer.status, answer.body);
@@ -195,9 +262,12 @@ impl Client {
         Ok(Uuid::parse_str(id)?)
     }
 
-    /// The order as `GET /v1/orders/{id}` shows it.
+    /// The order as `GET /v1/orders/{id}` shows it to an administrator, who may read any.
     pub async fn order(&self, id: Uuid) -> anyhow::Result<Value> {
-        let answer = self.get_patiently(&format!("/v1/orders/{id}")).await?;
+        let answer = self
+            .as_caller(Caller::Admin)
+            .get_patiently(&format!("/v1/orders/{id}"))
+            .await?;
         if answer.status != StatusCode::OK {
             bail!("GET order {id} answered {}: {}", answer.status, answer.body);
         }
@@ -231,6 +301,7 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<Answer> {
     };
     let content_type = header("content-type").unwrap_or_default();
     let location = header("location");
+    let www_authenticate = header("www-authenticate");
     let retry_after = header("retry-after");
     let replayed = header("idempotent-replayed");
     let bytes = response.bytes().await?;
@@ -239,6 +310,7 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<Answer> {
         status,
         content_type,
         location,
+        www_authenticate,
         retry_after,
         replayed,
         body,

@@ -5,13 +5,18 @@
 //! The binaries are not built here: `make test` builds them first (`cargo build --bins`),
 //! and the harness finds them next to the test executable or in `FAULTLINE_BIN_DIR`.
 //!
+//! Every system gets its own [`Credentials`] (CA, certificates, token signing key), so
+//! checkout verifies real tokens and the gRPC servers real client certificates.
+//!
 //! [`Client`] is also what the demo (`src/bin/demo.rs`) uses against a running system.
 
 pub mod broker;
 mod client;
 pub mod collector;
+pub mod credentials;
 pub mod proxy;
 mod system;
 
-pub use client::{Answer, Client, ProductSpec};
+pub use client::{Answer, Client, DEFAULT_CUSTOMER, ProductSpec};
+pub use credentials::{Caller, Credentials};
 pub use system::{Freeze, Options, Service, Signal, System};

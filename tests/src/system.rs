@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
 use crate::client::Client;
+use crate::credentials::Credentials;
 use crate::proxy::TcpProxy;
 
 /// One of the three services.
@@ -108,8 +109,10 @@ pub struct System {
     pub run_id: String,
     /// The client for its APIs.
     pub client: Client,
-    /// Payments' gRPC endpoint (`http://127.0.0.1:<port>`).
+    /// Payments' gRPC endpoint (`https://127.0.0.1:<port>`, mutual TLS).
     pub payments_url: String,
+    /// This system's CA, certificates and token signing key.
+    pub credentials: Credentials,
     /// The proxy in front of one service's database, if asked for.
     pub database_proxy: Option<TcpProxy>,
     postgres_url: String,
@@ -183,6 +186,7 @@ impl System {
         }
         let log_dir = repo_root().join(".state/e2e").join(&run_id);
         std::fs::create_dir_all(&log_dir)?;
+        let credentials = Credentials::generate(&log_dir.join("credentials"))?;
 
         let checkout_port = free_port()?;
         let inventory_port = free_port()?;
@@ -215,6 +219,7 @@ impl System {
                     topic_prefix.clone(),
                 ),
             ];
+            env.extend(credentials.service_env(prefix, service.name()));
             if let Some(endpoint) = &options.otlp_endpoint {
                 env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
                 env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
@@ -227,7 +232,11 @@ impl System {
                     ));
                     env.push((
                         "CHECKOUT_INVENTORY__URL".into(),
-                        format!("http://127.0.0.1:{inventory_port}"),
+                        format!("https://127.0.0.1:{inventory_port}"),
+                    ));
+                    env.push((
+                        "CHECKOUT_POLICY__DIR".into(),
+                        repo_root().join("policies").display().to_string(),
                     ));
                     env.push((
                         "CHECKOUT_SAGA__STEP_TIMEOUT_MS".into(),
@@ -269,9 +278,11 @@ impl System {
         let mut system = Self {
             client: Client::new(
                 format!("http://127.0.0.1:{checkout_port}"),
-                format!("http://127.0.0.1:{inventory_port}"),
+                format!("https://127.0.0.1:{inventory_port}"),
+                credentials.clone(),
             ),
-            payments_url: format!("http://127.0.0.1:{payments_port}"),
+            payments_url: format!("https://127.0.0.1:{payments_port}"),
+            credentials,
             database_proxy,
             run_id,
             postgres_url,

@@ -45,7 +45,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     let json_type = Some("application/json");
     let fresh = || Some(uuid::Uuid::new_v4().to_string());
 
-    let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": 1}]});
+    let body = json!({"items": [{"sku": "LAMP-01", "quantity": 1}]});
     let answer = client.post_order(body.to_string(), json_type, None).await?;
     assert_problem(&answer, StatusCode::BAD_REQUEST, "idempotency-key-missing");
     let long_key = "k".repeat(256);
@@ -71,30 +71,38 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     );
 
     let answer = client
-        .post_order(
-            r#"{"customer_id": "a", "items": ["#,
-            json_type,
-            fresh().as_deref(),
-        )
+        .post_order(r#"{"items": ["#, json_type, fresh().as_deref())
         .await?;
     assert_problem(&answer, StatusCode::BAD_REQUEST, "malformed-json");
 
-    let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": "two"}]});
+    let body = json!({"items": [{"sku": "LAMP-01", "quantity": "two"}]});
     let answer = client
         .post_order(body.to_string(), json_type, fresh().as_deref())
         .await?;
     assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(answer.body["detail"].as_str().unwrap().contains("quantity"));
 
-    let body =
-        json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": 1}], "coupon": "x"});
+    let body = json!({"items": [{"sku": "LAMP-01", "quantity": 1}], "coupon": "x"});
     let answer = client
         .post_order(body.to_string(), json_type, fresh().as_deref())
         .await?;
     assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(answer.body["detail"].as_str().unwrap().contains("coupon"));
 
-    let body = json!({"customer_id": "a", "items": []});
+    // The customer is the token's subject; a body naming one is refused, not obeyed.
+    let body = json!({"customer_id": "someone-else", "items": [{"sku": "LAMP-01", "quantity": 1}]});
+    let answer = client
+        .post_order(body.to_string(), json_type, fresh().as_deref())
+        .await?;
+    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("customer_id")
+    );
+
+    let body = json!({"items": []});
     let answer = client
         .post_order(body.to_string(), json_type, fresh().as_deref())
         .await?;
@@ -102,7 +110,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     assert_eq!(answer.body["errors"][0]["field"], "items");
 
     for quantity in [0, -3] {
-        let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": quantity}]});
+        let body = json!({"items": [{"sku": "LAMP-01", "quantity": quantity}]});
         let answer = client
             .post_order(body.to_string(), json_type, fresh().as_deref())
             .await?;
@@ -110,7 +118,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
         assert_eq!(answer.body["errors"][0]["field"], "items[0].quantity");
     }
 
-    let body = json!({"customer_id": "a", "items": [{"sku": "NOPE-99", "quantity": 1}]});
+    let body = json!({"items": [{"sku": "NOPE-99", "quantity": 1}]});
     let answer = client
         .post_order(body.to_string(), json_type, fresh().as_deref())
         .await?;
@@ -122,7 +130,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     assert_eq!(answer.body["unknown_skus"], json!(["NOPE-99"]));
 
     let huge = format!(
-        r#"{{"customer_id": "{}", "items": [{{"sku": "LAMP-01", "quantity": 1}}]}}"#,
+        r#"{{"items": [{{"sku": "{}", "quantity": 1}}]}}"#,
         "x".repeat(200_000)
     );
     let answer = client
@@ -130,7 +138,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
         .await?;
     assert_problem(&answer, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
 
-    let body = json!({"customer_id": "a", "items": [{"sku": "LAMP-01", "quantity": 1}]});
+    let body = json!({"items": [{"sku": "LAMP-01", "quantity": 1}]});
     let answer = client
         .post_order(body.to_string(), None, fresh().as_deref())
         .await?;

@@ -8,12 +8,7 @@ use faultline_proto::inventory::v1::inventory_service_client::InventoryServiceCl
 use faultline_proto::payments::v1 as payments;
 use faultline_proto::payments::v1::payments_service_client::PaymentsServiceClient;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
-
-async fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())?.connect().await?)
-}
 
 fn authorize(key: &str, order_id: Uuid, amount_minor: i64) -> payments::AuthorizeRequest {
     payments::AuthorizeRequest {
@@ -30,7 +25,12 @@ fn authorize(key: &str, order_id: Uuid, amount_minor: i64) -> payments::Authoriz
 #[tokio::test(flavor = "multi_thread")]
 async fn authorize_is_idempotent_per_key_and_refuses_misuse() -> anyhow::Result<()> {
     let system = System::start(Options::default()).await?;
-    let client = PaymentsServiceClient::new(channel(&system.payments_url).await?);
+    let client = PaymentsServiceClient::new(
+        system
+            .client
+            .grpc_channel("payments", &system.payments_url)
+            .await?,
+    );
     let order = Uuid::now_v7();
 
     // Twenty concurrent retries of one request: one payment, twenty identical answers. A
@@ -141,7 +141,12 @@ async fn inventory_refuses_bad_catalog_requests() -> anyhow::Result<()> {
             stock: 5,
         }])
         .await?;
-    let mut client = InventoryServiceClient::new(channel(system.client.inventory_url()).await?);
+    let mut client = InventoryServiceClient::new(
+        system
+            .client
+            .grpc_channel("inventory", system.client.inventory_url())
+            .await?,
+    );
 
     let found = client
         .get_products(inventory::GetProductsRequest {

@@ -17,7 +17,7 @@ const CATALOG: [ProductSpec; 1] = [ProductSpec {
 async fn a_hundred_identical_requests_place_one_order_and_get_one_answer() -> anyhow::Result<()> {
     let system = System::start(Options::default()).await?;
     system.client.load_catalog(&CATALOG).await?;
-    let body = Client::order_body("alice", &[("LAMP-01", 1)]).to_string();
+    let body = Client::order_body(&[("LAMP-01", 1)]).to_string();
 
     let mut requests = Vec::new();
     for _ in 0..100 {
@@ -68,7 +68,7 @@ async fn a_hundred_identical_requests_place_one_order_and_get_one_answer() -> an
     assert_eq!(orders, 1);
 
     // The same key for another order is a client error; a new key is a new order.
-    let other = Client::order_body("alice", &[("LAMP-01", 2)]).to_string();
+    let other = Client::order_body(&[("LAMP-01", 2)]).to_string();
     let reused = system
         .client
         .post_order(other.clone(), Some("application/json"), Some("order-42"))

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use faultline_e2e::broker::Broker;
 use faultline_e2e::collector::{CollectedSpan, Collector};
-use faultline_e2e::{Client, Options, ProductSpec, Service, Signal, System};
+use faultline_e2e::{Caller, Client, Options, ProductSpec, Service, Signal, System};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
@@ -91,7 +91,12 @@ async fn one_trace_follows_each_order_through_http_the_outbox_kafka_and_grpc() -
         .header("content-type", "application/json")
         .header("idempotency-key", Uuid::new_v4().to_string())
         .header("traceparent", "00-not-a-trace-at-all-01")
-        .body(Client::order_body("carol", &[("LAMP-01", 1)]).to_string())
+        .bearer_auth(
+            system
+                .credentials
+                .token(&Caller::Customer("carol".into()))?,
+        )
+        .body(Client::order_body(&[("LAMP-01", 1)]).to_string())
         .send()
         .await?;
     assert_eq!(garbage.status(), StatusCode::ACCEPTED);
@@ -351,10 +356,10 @@ async fn sigterm_under_load_loses_no_accepted_order() -> anyhow::Result<()> {
     // Five clients place orders as fast as they can until checkout stops answering.
     let mut clients = Vec::new();
     for c in 0..5 {
-        let client = system.client.clone();
+        let client = system.client.as_customer(&format!("load-{c}"));
         clients.push(tokio::spawn(async move {
             let mut accepted = Vec::new();
-            let body = Client::order_body(&format!("load-{c}"), &[("LAMP-01", 1)]);
+            let body = Client::order_body(&[("LAMP-01", 1)]);
             loop {
                 match client.post_order_json(&body).await {
                     Ok(answer) if answer.status == StatusCode::ACCEPTED => {

@@ -3,8 +3,8 @@
 //!
 //! Everything here is what an identity provider and a PKI would do in production. It exists
 //! so the demo and the tests exercise the real verification paths with real keys, tokens and
-//! certificates, made in-process or by the `faultline-auth-dev` command. Services never
-//! enable this feature, so their binaries cannot mint credentials.
+//! certificates, made in-process or by the `faultline-auth-dev` command. No service asks for
+//! this feature, and no service code calls it.
 
 mod certs;
 mod tokens;

@@ -17,7 +17,8 @@
 //!
 //! With the `dev` feature, [`dev`] mints signing keys, JWKS files, tokens, a CA and service
 //! certificates for local runs and tests, and the `faultline-auth-dev` command does the same
-//! from a shell. Production services do not enable it.
+//! from a shell. The services do not ask for it (see the README on how a workspace build
+//! still compiles it in, unused).
 //!
 //! The crate's README shows the smallest real use of each part.
 

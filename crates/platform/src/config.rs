@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+use faultline_auth::Secret;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -62,8 +63,13 @@ where
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// Connection URL; the database in it is created on first start if absent.
+    /// Connection URL without a password; the database in it is created on first start if
+    /// absent.
     pub url: String,
+    /// The password (`<PREFIX>_DATABASE__PASSWORD`), kept out of the URL so it never shows
+    /// in a log line or a config dump. Default: none (trust or peer authentication).
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
     /// Upper bound of the pool.
     pub max_connections: u32,
     /// How long a caller waits for a pooled connection before failing.
@@ -75,6 +81,7 @@ impl DatabaseSettings {
     pub fn local(name: &str) -> Self {
         Self {
             url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            password: None,
             max_connections: 10,
             acquire_timeout_ms: 5_000,
         }
@@ -88,6 +95,15 @@ impl DatabaseSettings {
                 "must be a postgres:// URL",
             ));
         }
+        if url_has_password(&self.url) {
+            return Err(ConfigError::invalid(
+                format!("{prefix}_DATABASE__URL"),
+                format!(
+                    "must not carry a password; set {prefix}_DATABASE__PASSWORD instead, which \
+                     is never logged"
+                ),
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::invalid(
                 format!("{prefix}_DATABASE__MAX_CONNECTIONS"),
@@ -96,6 +112,22 @@ impl DatabaseSettings {
         }
         Ok(())
     }
+}
+
+/// Whether a `postgres://user:password@host/...` URL has the `:password` part (or a
+/// `password=` query parameter).
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let userinfo = authority.rsplit_once('@').map(|(userinfo, _)| userinfo);
+    let query = url
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default();
+    userinfo.is_some_and(|userinfo| userinfo.contains(':'))
+        || query
+            .split('&')
+            .any(|pair| pair.to_ascii_lowercase().starts_with("password="))
 }
 
 /// How a service reaches the Kafka-protocol broker.
@@ -214,6 +246,7 @@ mod tests {
     struct Example {
         name: String,
         kafka: KafkaSettings,
+        database: DatabaseSettings,
     }
 
     impl Default for Example {
@@ -221,7 +254,51 @@ mod tests {
             Self {
                 name: "default".into(),
                 kafka: KafkaSettings::default(),
+                database: DatabaseSettings::local("example"),
             }
+        }
+    }
+
+    #[test]
+    fn the_database_password_is_set_apart_and_never_shown() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMPLE_DATABASE__PASSWORD", "hunter2");
+            let config: Example = load("EXAMPLE").map_err(|e| e.to_string())?;
+            let password = config
+                .database
+                .password
+                .as_ref()
+                .map(|p| p.expose().as_str());
+            assert_eq!(password, Some("hunter2"));
+            let shown = format!("{config:?} {}", serde_json::json!(config.database.password));
+            assert!(!shown.contains("hunter2"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_password_inside_the_url_is_refused() {
+        for url in [
+            "postgres://app:hunter2@db:5432/orders",
+            "postgres://app@db/orders?sslmode=require&password=hunter2",
+        ] {
+            let settings = DatabaseSettings {
+                url: url.into(),
+                ..DatabaseSettings::local("x")
+            };
+            let err = settings.validate("CHECKOUT").unwrap_err().to_string();
+            assert!(err.contains("CHECKOUT_DATABASE__PASSWORD"), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/orders",
+            "postgresql://db/orders?application_name=a:b",
+        ] {
+            let settings = DatabaseSettings {
+                url: url.into(),
+                ..DatabaseSettings::local("x")
+            };
+            assert!(settings.validate("CHECKOUT").is_ok(), "{url}");
         }
     }
 

@@ -3,28 +3,61 @@
 //! Each service owns one database. On first start it does not exist yet, so [`connect`]
 //! creates it; the service then runs its own migrations before serving anything.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
 
+/// The connection options of `settings`: the URL, plus the password kept apart from it so
+/// that it never appears in a URL that might be logged.
+pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
+    let options = PgConnectOptions::from_str(&settings.url)?;
+    Ok(match &settings.password {
+        Some(password) => options.password(password.expose()),
+        None => options,
+    })
+}
+
 /// Creates the database named in `settings.url` if absent and opens a pool to it.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
-    if !sqlx::Postgres::database_exists(&settings.url).await? {
-        // Two instances starting at once may race here; the loser sees "already exists".
-        if let Err(error) = sqlx::Postgres::create_database(&settings.url).await
-            && !sqlx::Postgres::database_exists(&settings.url).await?
-        {
-            return Err(error);
-        }
-        tracing::info!("created database");
+    let options = connect_options(settings)?;
+    if let Some(name) = options.get_database() {
+        create_if_absent(&options, name).await?;
     }
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
-        .connect(&settings.url)
+        .connect_with(options)
+        .await
+}
+
+/// Creates the database `name` through the server's maintenance database unless it exists.
+async fn create_if_absent(options: &PgConnectOptions, name: &str) -> Result<(), sqlx::Error> {
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    if !database_exists(&mut admin, name).await? {
+        // An identifier cannot be a bind parameter; quoting it (doubling quotes) is the
+        // documented way to make any name safe.
+        let statement = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        // Two instances starting at once may race here; the loser sees "already exists".
+        if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await
+            && !database_exists(&mut admin, name).await?
+        {
+            return Err(error);
+        }
+        tracing::info!(database = name, "created database");
+    }
+    admin.close().await
+}
+
+async fn database_exists(admin: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(admin)
         .await
 }
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use faultline_auth::{MtlsIncoming, MtlsSettings, ServerTls, TlsError};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic_health::ServingStatus;
@@ -51,4 +53,31 @@ pub async fn mirror_readiness(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// Why a gRPC server could not start listening.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The certificate, key or CA could not be loaded.
+    #[error("mTLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
+}
+
+/// Listens on `addr` for mutually authenticated TLS only: clients must present a certificate
+/// from the CA in `settings`, whose SPIFFE identity the server then authorizes per method.
+/// The certificates are re-read from disk until `stop`, so rotating them needs no restart.
+pub async fn listen_mtls(
+    addr: std::net::SocketAddr,
+    settings: &MtlsSettings,
+    stop: CancellationToken,
+) -> Result<(MtlsIncoming, JoinHandle<()>), ListenError> {
+    let tls = ServerTls::load(settings.clone())?;
+    let reload = tls.spawn_reload(stop);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ListenError::Bind(addr, e))?;
+    Ok((MtlsIncoming::new(listener, tls), reload))
 }

@@ -8,20 +8,31 @@
 //! | `GET /v1/orders/{id}`    | 200 with the order                | normal              |
 //! | `GET /v1/products/{sku}` | 200 with the catalog entry        | shed first          |
 //!
-//! In front of every route: a rate limit per caller (429 + `Retry-After`), priority load
-//! shedding under an adaptive concurrency limit (503 + `Retry-After`, catalog reads first),
-//! a hard cap on requests in flight, and a body size limit (413).
+//! Every route needs a bearer access token (401 otherwise) and the policy's yes
+//! (`policies/authz.rego`, 403 otherwise): placing an order needs scope `orders:write` and
+//! orders it for the token's subject; a customer reads only their own orders. Behind
+//! authentication: a rate limit per caller (429 + `Retry-After`), priority load shedding
+//! under an adaptive concurrency limit (503 + `Retry-After`, catalog reads first), a hard cap
+//! on requests in flight, and a body size limit (413).
+//!
+//! Authentication runs before the rate limit so that the limit is per customer, not per
+//! address (many customers share a NAT). Refusing a token is cheap: the size cap is a length
+//! check and a token already verified is a cache hit, so only a well-formed token with a
+//! known key id costs a signature check.
 
 use axum::extract::rejection::JsonRejection;
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, FromRef, Path, State};
 use axum::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use faultline_auth::{
+    Access, AuthLayer, AuthorizeLayer, Forbidden, JwtVerifier, Policy, Principal, Resource,
+};
 use faultline_idempotency::layer::{IdempotencyLayer, IdempotencyLease, stored_response};
 use faultline_idempotency::{Caller, LeaseError, Store};
 use faultline_proto::contract::validate_sku;
@@ -48,6 +59,14 @@ pub struct AppState {
     pub catalog: GrpcCatalog,
     /// Starts the saga of each new order.
     pub orchestrator: Orchestrator,
+    /// Who may do what (`policies/authz.rego`).
+    pub policy: Policy,
+}
+
+impl FromRef<AppState> for Policy {
+    fn from_ref(state: &AppState) -> Self {
+        state.policy.clone()
+    }
 }
 
 /// What the edge admits.
@@ -59,29 +78,49 @@ pub struct Limits<'a> {
     pub edge: &'a EdgeConfig,
 }
 
-/// The API's routes behind the edge (see the module docs), with server spans and RED
-/// metrics into `metrics`. Placing an order requires an `Idempotency-Key`, kept in
-/// `idempotency`.
-pub fn router(state: AppState, idempotency: Store, limits: Limits<'_>, metrics: Metrics) -> Router {
-    let keyed = IdempotencyLayer::new(idempotency).required();
+/// The API's routes behind authentication and the edge (see the module docs), with server
+/// spans and RED metrics into `metrics`. Tokens are checked by `verifier`; placing an order
+/// requires an `Idempotency-Key`, kept in `idempotency` per caller.
+pub fn router(
+    state: AppState,
+    idempotency: Store,
+    limits: Limits<'_>,
+    verifier: JwtVerifier,
+    metrics: Metrics,
+) -> Router {
+    let authorize = AuthorizeLayer::new(state.policy.clone());
+    // The policy decides before the key is claimed: a refused request must not hold a key.
+    let place = post(place_order).layer(
+        ServiceBuilder::new()
+            .layer(authorize.clone())
+            .layer(IdempotencyLayer::new(idempotency).required()),
+    );
     let edge = ServiceBuilder::new()
         .layer(RecoverLayer::new(render_rejection))
         .layer(EdgeStack::new(limits.edge, caller_key, priority));
     Router::new()
-        .route("/v1/orders", post(place_order).layer(keyed))
+        .route("/v1/orders", place)
+        // The owner is known only once the order is loaded: the handler asks the policy.
         .route("/v1/orders/{id}", get(get_order))
-        .route("/v1/products/{sku}", get(get_product))
+        .route("/v1/products/{sku}", get(get_product).layer(authorize))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(edge)
+        .layer(AuthLayer::new(verifier))
         .layer(HttpServerLayer::new(metrics))
         .with_state(state)
 }
 
-/// The rate-limit key: the authenticated caller when there is one, else the client's
-/// address.
+/// The rate-limit key: the caller's tenant when the token names one (a tenant shares one
+/// budget), else the caller, else (behind no authentication) the client's address.
 fn caller_key(request: &Request<Body>) -> String {
+    if let Some(principal) = request.extensions().get::<Principal>() {
+        return match &principal.tenant {
+            Some(tenant) => format!("tenant:{tenant}"),
+            None => format!("sub:{}", principal.subject),
+        };
+    }
     if let Some(Caller(caller)) = request.extensions().get::<Caller>() {
         return caller.clone();
     }
@@ -134,7 +173,7 @@ async fn get_product(
     }
     let lookup = state
         .catalog
-        .lookup(std::slice::from_ref(&sku))
+        .lookup(std::slice::from_ref(&sku), None)
         .await
         .map_err(|e| ApiError::from(PlaceOrderError::Catalog(e)))?;
     let item = lookup
@@ -154,11 +193,11 @@ async fn get_product(
 }
 
 /// Body of `POST /v1/orders`. Unknown fields are refused so that a misspelt field is an
-/// error rather than silently ignored.
+/// error rather than silently ignored. There is no customer field: the order is the token
+/// subject's, so one customer cannot order in another's name.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlaceOrderBody {
-    customer_id: String,
     items: Vec<ItemBody>,
 }
 
@@ -245,12 +284,13 @@ impl From<Order> for OrderView {
 
 async fn place_order(
     State(state): State<AppState>,
+    principal: Principal,
     lease: Option<Extension<IdempotencyLease>>,
     body: Result<Json<PlaceOrderBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
     let request = PlaceOrder {
-        customer_id: body.customer_id,
+        customer_id: principal.subject,
         lines: body
             .items
             .into_iter()
@@ -294,14 +334,18 @@ async fn place_order(
 
 async fn get_order(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     // A malformed id names no order either; one answer for both keeps the API simple.
     let order_id = Uuid::parse_str(&id).map_err(|_| ApiError::OrderNotFound(id.clone()))?;
-    match orders::find(&state.pool, order_id).await? {
-        Some(order) => Ok(Json(order.into())),
-        None => Err(ApiError::OrderNotFound(id)),
-    }
+    let order = orders::find(&state.pool, order_id)
+        .await?
+        .ok_or_else(|| ApiError::OrderNotFound(id))?;
+    access
+        .require(&Resource::owned_by(&order.customer_id))
+        .map_err(ApiError::Forbidden)?;
+    Ok(Json(order.into()))
 }
 
 /// Every way a request can fail, each mapped to one problem type.
@@ -317,6 +361,8 @@ pub enum ApiError {
     Unpriceable(String),
     /// No order has this id.
     OrderNotFound(String),
+    /// The policy refused the caller this resource.
+    Forbidden(Forbidden),
     /// No product has this SKU.
     ProductNotFound(String),
     /// The edge refused the request (rate limit, overload, deadline).
@@ -540,6 +586,9 @@ impl ApiError {
                 "A dependency is unavailable; retry later",
                 detail,
             ),
+            Self::Forbidden(forbidden) => {
+                Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", forbidden.reason)
+            }
             Self::Internal => Problem::new(
                 S::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -552,7 +601,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let problem = self.problem();
+        // The auth crate renders its own refusals, with the RFC 6750 challenge.
+        let problem = match self {
+            Self::Forbidden(forbidden) => return forbidden.into_response(),
+            other => other.problem(),
+        };
         let status = problem.status;
         let retry_after = problem.retry_after_secs.or(match status {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => Some(1),

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use faultline_auth::{ClientTls, set_on_behalf_of};
 use faultline_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use faultline_proto::inventory::v1::{GetProductsRequest, GetProductsResponse};
 use faultline_resilience::{
@@ -17,7 +18,6 @@ use faultline_resilience::{
 use faultline_telemetry::grpc_client::GrpcClientLayer;
 use faultline_telemetry::metrics::Metrics;
 use tonic::Code;
-use tonic::transport::Endpoint;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 
@@ -60,13 +60,18 @@ pub enum CatalogError {
 
 /// Looks products up.
 pub trait Catalog: Send + Sync {
-    /// The catalog entries for `skus`.
-    fn lookup(&self, skus: &[String]) -> impl Future<Output = Result<Lookup, CatalogError>> + Send;
+    /// The catalog entries for `skus`, looked up on behalf of `customer` (for audit).
+    fn lookup(
+        &self,
+        skus: &[String],
+        customer: Option<&str>,
+    ) -> impl Future<Output = Result<Lookup, CatalogError>> + Send;
 }
 
 /// The call the client stack wraps: one typed `GetProducts`, cloneable so retries and hedges
 /// can repeat it.
-type LookupCall = BoxCloneSyncService<GetProductsRequest, GetProductsResponse, BoxError>;
+type LookupCall =
+    BoxCloneSyncService<(GetProductsRequest, Option<String>), GetProductsResponse, BoxError>;
 
 /// Why the catalog client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +79,9 @@ pub enum CatalogSetupError {
     /// The URL is not a usable endpoint.
     #[error("inventory endpoint: {0}")]
     Endpoint(#[from] tonic::transport::Error),
+    /// The client certificate or CA could not be loaded.
+    #[error("mTLS: {0}")]
+    Tls(#[from] faultline_auth::TlsError),
     /// The resilience settings are invalid.
     #[error("{0}")]
     Resilience(#[from] faultline_resilience::ConfigError),
@@ -87,34 +95,43 @@ pub struct GrpcCatalog {
 }
 
 impl GrpcCatalog {
-    /// A client for `settings.url`. Connects lazily, so checkout starts even when inventory
+    /// A client for `settings.url` over mutual TLS with `tls` (which must find inventory's
+    /// identity on the other side). Connects lazily, so checkout starts even when inventory
     /// is not up yet. Calls are recorded in `metrics`.
     pub fn new(
         settings: &InventoryClientSettings,
+        tls: &ClientTls,
         metrics: &Metrics,
     ) -> Result<Self, CatalogSetupError> {
         // No Endpoint::timeout: the stack owns time, attempt by attempt.
-        let channel = Endpoint::from_shared(settings.url.clone())?
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .connect_lazy();
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let channel = tls.channel(&settings.url, |endpoint| {
+            endpoint.connect_timeout(connect_timeout)
+        })?;
         let client =
             InventoryServiceClient::new(GrpcClientLayer::new(metrics.clone()).layer(channel));
         let stack = ClientStack::new("inventory", &settings.resilience)?
             .classifier(GrpcClassifier)
             .idempotent();
         let breaker = stack.breaker().clone();
-        let lookup = stack.layer(service_fn(move |request: GetProductsRequest| {
-            let mut client = client.clone();
-            async move {
-                let mut request = tonic::Request::new(request);
-                Deadline::propagate(&mut request);
-                client
-                    .get_products(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(BoxError::from)
-            }
-        }));
+        let lookup = stack.layer(service_fn(
+            move |(request, customer): (GetProductsRequest, Option<String>)| {
+                let mut client = client.clone();
+                async move {
+                    let mut request = tonic::Request::new(request);
+                    Deadline::propagate(&mut request);
+                    // For inventory's audit trail only: it authorizes checkout's certificate.
+                    if let Some(customer) = &customer {
+                        set_on_behalf_of(&mut request, customer);
+                    }
+                    client
+                        .get_products(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(BoxError::from)
+                }
+            },
+        ));
         Ok(Self {
             lookup: BoxCloneSyncService::new(lookup),
             breaker,
@@ -145,14 +162,18 @@ fn catalog_error(error: BoxError) -> CatalogError {
 }
 
 impl Catalog for GrpcCatalog {
-    async fn lookup(&self, skus: &[String]) -> Result<Lookup, CatalogError> {
+    async fn lookup(
+        &self,
+        skus: &[String],
+        customer: Option<&str>,
+    ) -> Result<Lookup, CatalogError> {
         let request = GetProductsRequest {
             skus: skus.to_vec(),
         };
         let response = self
             .lookup
             .clone()
-            .oneshot(request)
+            .oneshot((request, customer.map(str::to_owned)))
             .await
             .map_err(catalog_error)?;
         let found = response

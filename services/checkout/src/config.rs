@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use faultline_auth::{JwtSettings, MtlsSettings, PolicySettings};
 use faultline_idempotency::IdempotencyConfig;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
@@ -38,6 +39,16 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Saga deadlines.
     pub saga: SagaSettings,
+    /// Access tokens (`CHECKOUT_AUTH__*`): issuer `faultline-dev`, audience `faultline`,
+    /// keys from `.state/auth/jwks.json` (what `make credentials` writes); point `JWKS` at an
+    /// identity provider's URL in production.
+    pub auth: JwtSettings,
+    /// Authorization policies (`CHECKOUT_POLICY__*`): Rego files under `policies/`, reloaded
+    /// every 5 s.
+    pub policy: PolicySettings,
+    /// Certificates for mutual TLS to inventory (`CHECKOUT_MTLS__*`). Default: what `make
+    /// credentials` writes under `.state/certs`.
+    pub mtls: MtlsSettings,
     /// `Idempotency-Key` handling for `POST /v1/orders`. Defaults: keys live 24 h, an
     /// in-flight request holds its key 10 s, a duplicate is told to retry after 1 s, expired
     /// keys are reaped every 60 s. The body limit is `max_body_bytes` above.
@@ -48,7 +59,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryClientSettings {
-    /// Default `http://127.0.0.1:50051`.
+    /// Default `https://127.0.0.1:50051`. Always mutual TLS (see `mtls`); the scheme is
+    /// only checked, never used to turn TLS off.
     pub url: String,
     /// Default 1 000 ms.
     pub connect_timeout_ms: u64,
@@ -90,7 +102,7 @@ impl Default for Config {
             kafka: KafkaSettings::default(),
             lifecycle: LifecycleSettings::default(),
             inventory: InventoryClientSettings {
-                url: "http://127.0.0.1:50051".into(),
+                url: "https://127.0.0.1:50051".into(),
                 connect_timeout_ms: 1_000,
                 resilience: ClientConfig {
                     hedge: HedgeConfig {
@@ -106,6 +118,9 @@ impl Default for Config {
                 max_attempts: 3,
                 sweep_interval_ms: 1_000,
             },
+            auth: JwtSettings::default(),
+            policy: PolicySettings::default(),
+            mtls: MtlsSettings::dev(".state/certs", "checkout"),
             idempotency: IdempotencyConfig::default(),
         }
     }
@@ -149,14 +164,22 @@ impl Config {
         self.edge
             .validate(&format!("{PREFIX}_EDGE"))
             .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        self.auth
+            .validate(&format!("{PREFIX}_AUTH"))
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        self.policy
+            .validate(&format!("{PREFIX}_POLICY"))
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        self.mtls
+            .validate(&format!("{PREFIX}_MTLS"))
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
         self.idempotency
             .validate(&format!("{PREFIX}_IDEMPOTENCY"))
             .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_IDEMPOTENCY"), reason))?;
-        if !self.inventory.url.starts_with("http://") && !self.inventory.url.starts_with("https://")
-        {
+        if !self.inventory.url.starts_with("https://") {
             return Err(ConfigError::invalid(
                 format!("{PREFIX}_INVENTORY__URL"),
-                "must be an http:// or https:// URL",
+                "must be an https:// URL: inventory is reached over mutual TLS only",
             ));
         }
         Ok(())

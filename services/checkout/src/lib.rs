@@ -22,6 +22,7 @@ pub use config::{Config, InventoryClientSettings, PREFIX, SagaSettings};
 use std::time::Duration;
 
 use anyhow::Context;
+use faultline_auth::{ClientTls, JwtVerifier, Policy, ServiceId};
 use faultline_idempotency::{IdempotencyConfig, Store};
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
@@ -102,7 +103,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         life.background(),
     ));
 
-    let catalog = GrpcCatalog::new(&config.inventory, &metrics).context("inventory client")?;
+    // Credentials: a bad key set, policy or certificate stops the start, never a request.
+    let verifier = JwtVerifier::new(config.auth.clone())
+        .await
+        .context("reading the access-token keys (CHECKOUT_AUTH__JWKS)")?;
+    let jwks_refresh = verifier.spawn_refresh(life.background());
+    let policy = Policy::load(config.policy.clone())
+        .context("loading the authorization policy (CHECKOUT_POLICY__DIR)")?;
+    let policy_reload = policy.spawn_reload(life.background());
+    let inventory_id = ServiceId::faultline("inventory").context("inventory's identity")?;
+    let tls = ClientTls::load(config.mtls.clone(), inventory_id)
+        .context("loading checkout's certificates (CHECKOUT_MTLS__*)")?;
+    let tls_reload = tls.spawn_reload(life.background());
+    let catalog =
+        GrpcCatalog::new(&config.inventory, &tls, &metrics).context("inventory client")?;
     let breaker = faultline_platform::breakers::observe(
         "inventory",
         catalog.breaker(),
@@ -113,6 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pool: pool.clone(),
         catalog,
         orchestrator,
+        policy,
     };
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -124,6 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             max_body_bytes: config.max_body_bytes,
             edge: &config.edge,
         },
+        verifier,
         metrics,
     );
     life.started();
@@ -142,6 +158,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             ("deadline sweeper", sweeper),
             ("idempotency reaper", reaper),
             ("breaker log", breaker),
+            ("JWKS refresh", jwks_refresh),
+            ("policy reload", policy_reload),
+            ("certificate reload", tls_reload),
         ],
     )
     .await;

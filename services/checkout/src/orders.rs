@@ -16,13 +16,13 @@ use crate::orchestrator::{Orchestrator, OrderFacts};
 pub const MAX_LINES: usize = 50;
 /// Most units of one product in one order.
 pub const MAX_QUANTITY: i64 = 1_000;
-/// Longest customer id.
-pub const MAX_CUSTOMER_ID_LEN: usize = 64;
+/// Longest customer id (the token's subject).
+pub const MAX_CUSTOMER_ID_LEN: usize = 255;
 
 /// A request to place an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaceOrder {
-    /// Who orders.
+    /// Who orders: the authenticated caller, never a field of the request body.
     pub customer_id: String,
     /// What, in which quantities.
     pub lines: Vec<OrderLine>,
@@ -79,18 +79,15 @@ pub enum PlaceOrderError {
 pub fn validate(order: &PlaceOrder) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
     let customer = &order.customer_id;
-    if customer.is_empty() || customer.len() > MAX_CUSTOMER_ID_LEN {
-        errors.push(FieldError::new(
-            "customer_id",
-            format!("must be 1 to {MAX_CUSTOMER_ID_LEN} characters"),
-        ));
-    } else if !customer
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    if customer.is_empty()
+        || customer.len() > MAX_CUSTOMER_ID_LEN
+        || !customer.bytes().all(|b| b.is_ascii_graphic())
     {
         errors.push(FieldError::new(
-            "customer_id",
-            "may only contain letters, digits, '.', '_' and '-'",
+            "sub",
+            format!(
+                "the token's subject must be 1 to {MAX_CUSTOMER_ID_LEN} visible ASCII characters"
+            ),
         ));
     }
     if order.lines.is_empty() {
@@ -172,7 +169,7 @@ pub async fn place<C: Catalog>(
 ) -> Result<PendingOrder, PlaceOrderError> {
     validate(&order).map_err(PlaceOrderError::Invalid)?;
     let skus: Vec<String> = order.lines.iter().map(|l| l.sku.clone()).collect();
-    let lookup = catalog.lookup(&skus).await?;
+    let lookup = catalog.lookup(&skus, Some(&order.customer_id)).await?;
     if !lookup.missing.is_empty() {
         return Err(PlaceOrderError::UnknownSkus(lookup.missing));
     }
@@ -352,7 +349,7 @@ mod tests {
         assert_eq!(
             fields(validate(&bad)),
             vec![
-                "customer_id",
+                "sub",
                 "items[0].sku",
                 "items[0].quantity",
                 "items[1].quantity",

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use faultline_auth::MtlsSettings;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
@@ -26,6 +27,9 @@ pub struct Config {
     pub kafka: KafkaSettings,
     /// Default: no drain delay, 10 s grace period.
     pub lifecycle: LifecycleSettings,
+    /// Certificates for mutual TLS (`INVENTORY_MTLS__*`). Default: what `make
+    /// credentials` writes, `.state/certs/ca.pem`, `.state/certs/inventory.pem` and its key.
+    pub mtls: MtlsSettings,
 }
 
 impl Default for Config {
@@ -38,6 +42,7 @@ impl Default for Config {
             database: DatabaseSettings::local("inventory"),
             kafka: KafkaSettings::default(),
             lifecycle: LifecycleSettings::default(),
+            mtls: MtlsSettings::dev(".state/certs", "inventory"),
         }
     }
 }
@@ -49,6 +54,10 @@ impl Config {
         config.database.validate(PREFIX)?;
         config.kafka.validate(PREFIX)?;
         config.lifecycle.validate(PREFIX)?;
+        config
+            .mtls
+            .validate(&format!("{PREFIX}_MTLS"))
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
         Ok(config)
     }
 }

@@ -15,7 +15,8 @@ pub mod stock;
 pub use config::{Config, PREFIX};
 
 use anyhow::Context;
-use faultline_platform::grpc::mirror_readiness;
+use faultline_auth::{AllowedCallers, CallerAuthLayer, ServiceId};
+use faultline_platform::grpc::{listen_mtls, mirror_readiness};
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
@@ -24,10 +25,14 @@ use faultline_telemetry::http::HttpServerLayer;
 use faultline_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::commands::CommandHandler;
 use crate::grpc::InventoryGrpc;
+
+/// `spiffe://faultline/<name>`.
+fn service_id(name: &str) -> anyhow::Result<ServiceId> {
+    ServiceId::faultline(name).map_err(|e| anyhow::anyhow!("service identity {name}: {e}"))
+}
 
 /// The service's own migrations, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -59,8 +64,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("starting Kafka messaging")?;
 
-    let incoming = TcpIncoming::bind(config.grpc_listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
+    let (incoming, tls_reload) =
+        listen_mtls(config.grpc_listen, &config.mtls, life.background()).await?;
+    let callers = AllowedCallers::new()
+        .method(
+            "/faultline.inventory.v1.InventoryService/GetProducts",
+            [service_id("checkout")?, service_id("operator")?],
+        )
+        .method(
+            "/faultline.inventory.v1.InventoryService/UpsertProducts",
+            [service_id("operator")?],
+        )
+        .service_for_any_caller("grpc.health.v1.Health");
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<InventoryServiceServer<InventoryGrpc>>()
@@ -73,6 +88,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let grpc = Server::builder()
         .layer(HttpServerLayer::new(metrics))
+        .layer(CallerAuthLayer::new(callers))
         .add_service(health_service)
         .add_service(InventoryServiceServer::new(InventoryGrpc::new(
             life.pool.clone(),
@@ -80,9 +96,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .serve_with_incoming_shutdown(incoming, life.serving().cancelled_owned());
 
     life.started();
-    tracing::info!(listen = %config.grpc_listen, "inventory is serving gRPC");
+    tracing::info!(listen = %config.grpc_listen, "inventory is serving gRPC over mutual TLS");
     let served = grpc.await;
-    life.end(messaging, vec![("grpc health", mirror)]).await;
+    life.end(
+        messaging,
+        vec![("grpc health", mirror), ("certificate reload", tls_reload)],
+    )
+    .await;
     served.context("gRPC server failed")?;
     tracing::info!("inventory stopped");
     Ok(())

@@ -8,6 +8,7 @@ use faultline_idempotency::IdempotencyConfig;
 use faultline_resilience::ClientConfig;
 
 use crate::provider::Faults;
+use faultline_auth::MtlsSettings;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
@@ -30,6 +31,9 @@ pub struct Config {
     pub kafka: KafkaSettings,
     /// Default: no drain delay, 10 s grace period.
     pub lifecycle: LifecycleSettings,
+    /// Certificates for mutual TLS (`PAYMENTS_MTLS__*`). Default: what `make
+    /// credentials` writes, `.state/certs/ca.pem`, `.state/certs/payments.pem` and its key.
+    pub mtls: MtlsSettings,
     /// The simulated payment provider.
     pub provider: ProviderSettings,
     /// Idempotency keys of `Authorize` (gRPC and Kafka share them). Defaults: keys live
@@ -62,6 +66,7 @@ impl Default for Config {
             database: DatabaseSettings::local("payments"),
             kafka: KafkaSettings::default(),
             lifecycle: LifecycleSettings::default(),
+            mtls: MtlsSettings::dev(".state/certs", "payments"),
             provider: ProviderSettings {
                 decline_above_minor: 50_000,
                 faults: Faults::default(),
@@ -79,6 +84,10 @@ impl Config {
         config.database.validate(PREFIX)?;
         config.kafka.validate(PREFIX)?;
         config.lifecycle.validate(PREFIX)?;
+        config
+            .mtls
+            .validate(&format!("{PREFIX}_MTLS"))
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
         config
             .idempotency
             .validate(&format!("{PREFIX}_IDEMPOTENCY"))

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use faultline_auth::{AllowedCallers, CallerAuthLayer, ServiceId};
 use faultline_idempotency::Store;
-use faultline_platform::grpc::mirror_readiness;
+use faultline_platform::grpc::{listen_mtls, mirror_readiness};
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
@@ -30,11 +31,15 @@ use faultline_telemetry::http::HttpServerLayer;
 use faultline_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::commands::CommandHandler;
 use crate::grpc::PaymentsGrpc;
 use crate::provider::{ResilientProvider, SimulatedProvider};
+
+/// `spiffe://faultline/<name>`.
+fn service_id(name: &str) -> anyhow::Result<ServiceId> {
+    ServiceId::faultline(name).map_err(|e| anyhow::anyhow!("service identity {name}: {e}"))
+}
 
 /// The service's own migrations, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -90,8 +95,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("starting Kafka messaging")?;
 
-    let incoming = TcpIncoming::bind(config.grpc_listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
+    let (incoming, tls_reload) =
+        listen_mtls(config.grpc_listen, &config.mtls, life.background()).await?;
+    let callers = AllowedCallers::new()
+        .method(
+            "/faultline.payments.v1.PaymentsService/Authorize",
+            [service_id("checkout")?, service_id("operator")?],
+        )
+        .service_for_any_caller("grpc.health.v1.Health");
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<PaymentsServiceServer<PaymentsGrpc<ResilientProvider>>>()
@@ -104,6 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let grpc = Server::builder()
         .layer(HttpServerLayer::new(metrics))
+        .layer(CallerAuthLayer::new(callers))
         .add_service(health_service)
         .add_service(PaymentsServiceServer::new(PaymentsGrpc::new(
             life.pool.clone(),
@@ -113,7 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .serve_with_incoming_shutdown(incoming, life.serving().cancelled_owned());
 
     life.started();
-    tracing::info!(listen = %config.grpc_listen, "payments is serving gRPC");
+    tracing::info!(listen = %config.grpc_listen, "payments is serving gRPC over mutual TLS");
     let served = grpc.await;
     life.end(
         messaging,
@@ -121,6 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             ("idempotency reaper", reaper),
             ("grpc health", mirror),
             ("breaker log", breaker),
+            ("certificate reload", tls_reload),
         ],
     )
     .await;

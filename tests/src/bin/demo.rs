@@ -2,12 +2,17 @@
 //! three orders (one that confirms, one the payment provider declines, one that asks for
 //! more stock than exists) and prints how each ended.
 //!
+//! It authenticates as the services demand: each customer with an access token signed by the
+//! dev key, the catalog load over mutual TLS with the operator's certificate (both written
+//! by `make credentials` under `.state/`).
+//!
 //! Addresses default to the services' defaults; `FAULTLINE_CHECKOUT_URL` and
 //! `FAULTLINE_INVENTORY_URL` override them.
 
+use std::path::Path;
 use std::time::Duration;
 
-use faultline_e2e::{Client, ProductSpec};
+use faultline_e2e::{Client, Credentials, ProductSpec};
 
 const CATALOG: [ProductSpec; 4] = [
     ProductSpec {
@@ -48,8 +53,9 @@ async fn main() -> anyhow::Result<()> {
     let checkout =
         std::env::var("FAULTLINE_CHECKOUT_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
     let inventory = std::env::var("FAULTLINE_INVENTORY_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:50051".into());
-    let client = Client::new(checkout, inventory);
+        .unwrap_or_else(|_| "https://127.0.0.1:50051".into());
+    let credentials = Credentials::load(Path::new(".state/auth"), Path::new(".state/certs"))?;
+    let client = Client::new(checkout, inventory, credentials);
 
     println!("Loading the catalog into inventory:");
     for product in client.load_catalog(&CATALOG).await? {
