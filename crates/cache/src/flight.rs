@@ -189,7 +189,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_leader_hands_over_and_leaves_nothing_behind() {
         let flights = Flights::default();
-        let never = flights.run("k", || std::future::pending::<u32>());
+        let never = flights.run("k", std::future::pending::<u32>);
         // Polled once (so it leads), then dropped.
         assert!(tokio::time::timeout(Duration::ZERO, never).await.is_err());
         assert_eq!(flights.len(), 0);

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use faultline_resilience::{CircuitBreaker, ErrorClass};
+use faultline_resilience::{CircuitBreaker, ErrorClass, Permit};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
 
@@ -61,6 +61,29 @@ pub enum NodeError {
         /// What redis-rs said.
         message: String,
     },
+}
+
+/// A breaker permit that is handed back if the call is dropped unfinished (the caller's
+/// request was cancelled): a lost half-open probe slot would keep the breaker half-open.
+struct Admission<'a> {
+    breaker: &'a CircuitBreaker,
+    permit: Option<Permit>,
+}
+
+impl Admission<'_> {
+    fn record(mut self, outcome: Option<ErrorClass>) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.record(permit, outcome);
+        }
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.release(permit);
+        }
+    }
 }
 
 /// One Redis node of a cache.
@@ -123,8 +146,11 @@ impl Node {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let permit = match self.breaker.try_acquire() {
-            Ok(permit) => permit,
+        let admission = match self.breaker.try_acquire() {
+            Ok(permit) => Admission {
+                breaker: &self.breaker,
+                permit: Some(permit),
+            },
             Err(_) => {
                 self.stats.error(self.index, ErrorKind::CircuitOpen);
                 return Err(NodeError::CircuitOpen {
@@ -136,11 +162,11 @@ impl Node {
         let failure = Some(ErrorClass::Transient { retry_after: None });
         match tokio::time::timeout(self.timeout, command(self.connection.clone())).await {
             Ok(Ok(value)) => {
-                self.breaker.record(permit, None);
+                admission.record(None);
                 Ok(value)
             }
             Ok(Err(error)) => {
-                self.breaker.record(permit, failure);
+                admission.record(failure);
                 self.stats.error(self.index, ErrorKind::Redis);
                 Err(NodeError::Redis {
                     node: self.name.clone(),
@@ -148,7 +174,7 @@ impl Node {
                 })
             }
             Err(_) => {
-                self.breaker.record(permit, failure);
+                admission.record(failure);
                 self.stats.error(self.index, ErrorKind::Timeout);
                 Err(NodeError::Timeout {
                     node: self.name.clone(),

@@ -1,0 +1,147 @@
+//! The cache's hit path against a raw Redis `GET` of the same bytes with the same client.
+//!
+//! The cache runs with its L1 off, so every lookup is a real Redis round trip plus what the
+//! cache adds: key building, the in-process flight, the node's breaker and timeout, decoding
+//! the entry and the XFetch draw. The raw side is a `GET` of the very key the cache reads,
+//! on a redis-rs `ConnectionManager` (the cache's connection type), decoding nothing. Both
+//! run in one criterion group on one runtime, so their ratio comes from one run; it is
+//! printed at the end. An L1 hit is measured too, for scale.
+//!
+//! Needs Redis: `FAULTLINE_REDIS_URL`, default `redis://127.0.0.1:6379`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{Criterion, criterion_group};
+use faultline_cache::{Cache, CacheConfig, L1Config};
+use serde::{Deserialize, Serialize};
+
+/// Shaped like checkout's catalog item.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Item {
+    sku: String,
+    name: String,
+    unit_price_minor: i64,
+    currency: String,
+    available: i64,
+}
+
+fn url() -> String {
+    std::env::var("FAULTLINE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn item() -> Item {
+    Item {
+        sku: "LAMP-01".into(),
+        name: "Desk lamp, brushed steel".into(),
+        unit_price_minor: 4_990,
+        currency: "EUR".into(),
+        available: 42,
+    }
+}
+
+fn hit_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = format!("bench-{}", std::process::id());
+    let config = |l1: bool| CacheConfig {
+        nodes: url(),
+        ttl_ms: 3_600_000,
+        l1: L1Config {
+            enabled: l1,
+            ..L1Config::default()
+        },
+        ..CacheConfig::default()
+    };
+    let (cache, l1_cache, mut raw, key) = runtime.block_on(async {
+        let cache: Cache<Item> = Cache::connect(&name, 1, &config(false)).await.unwrap();
+        let l1_cache: Cache<Item> = Cache::connect(&name, 1, &config(true)).await.unwrap();
+        cache
+            .get_or_load("LAMP-01", || async { Ok::<_, String>(Some(item())) })
+            .await
+            .unwrap();
+        let client = redis::Client::open(url()).unwrap();
+        let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let key = cache.redis_key("LAMP-01");
+        (cache, l1_cache, raw, key)
+    });
+    let never = || async { Err::<Option<Item>, String>("the bench only hits".into()) };
+
+    let mut group = c.benchmark_group("hit_path");
+    group.bench_function("raw_get", |b| {
+        b.to_async(&runtime).iter(|| {
+            let mut conn = raw.clone();
+            let key = &key;
+            async move {
+                let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(bytes.expect("the cache stored it"))
+            }
+        })
+    });
+    group.bench_function("cache_hit", |b| {
+        b.to_async(&runtime).iter(|| async {
+            black_box(cache.get_or_load("LAMP-01", never).await.unwrap().unwrap())
+        })
+    });
+    group.bench_function("l1_hit", |b| {
+        b.to_async(&runtime).iter(|| async {
+            black_box(
+                l1_cache
+                    .get_or_load("LAMP-01", never)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+        })
+    });
+    group.finish();
+    let stats = cache.stats();
+    assert_eq!(stats.loads, 1, "every measured lookup was a hit: {stats:?}");
+    runtime.block_on(async {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    });
+}
+
+/// Criterion's mean for `bench`, in nanoseconds, from this run's estimates.
+fn mean_ns(bench: &str) -> Option<f64> {
+    let home = std::env::var_os("CRITERION_HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("criterion"))
+        })
+        .unwrap_or_else(|| PathBuf::from("target/criterion"));
+    let path = home.join("hit_path").join(bench).join("new/estimates.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    json["mean"]["point_estimate"].as_f64()
+}
+
+criterion_group!(benches, hit_path);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if let (Some(raw), Some(hit), Some(l1)) =
+        (mean_ns("raw_get"), mean_ns("cache_hit"), mean_ns("l1_hit"))
+    {
+        println!();
+        println!("raw GET      {:>9.2} µs  1.00x", raw / 1_000.0);
+        println!(
+            "cache hit    {:>9.2} µs  {:.2}x  (target <= 1.10x)",
+            hit / 1_000.0,
+            hit / raw
+        );
+        println!("L1 hit       {:>9.2} µs  {:.3}x", l1 / 1_000.0, l1 / raw);
+    }
+}
