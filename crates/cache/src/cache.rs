@@ -2,15 +2,17 @@
 //!
 //! A lookup goes, in order:
 //! 1. **L1** (optional, in-process, short TTL): a hit ends it.
-//! 2. **Coalescing**: concurrent lookups of one key in this process share one trip below.
-//! 3. **Redis** `GET` on the key's node. A fresh value is returned, unless XFetch decides
+//! 2. **Redis** `GET` on the key's node. A fresh value is returned, unless XFetch decides
 //!    this reader refreshes it early (then, holding the lease, it reloads; if the reload
 //!    fails the current value is still returned). An expired value still in its stale window
 //!    is reloaded by whoever wins the lease and served to the others meanwhile. Bytes that do
 //!    not decode are counted, deleted and treated as a miss.
-//! 4. **Lease** on a miss: `SET lease token NX PX`. The winner loads from the origin and
-//!    stores the value only if it still holds the lease (a compare-and-set script that also
-//!    releases it). The others poll for the value for up to `lease_wait_ms`, taking the lease
+//! 3. **Coalescing** on a miss: concurrent misses of one key in this process share one trip
+//!    below, which looks in Redis once more first (a flight that just ended may have stored
+//!    the value). Hits stay outside it, so a hit costs one `GET` and no shared state.
+//! 4. **Lease**: `SET lease token NX PX`. The winner loads from the origin and stores the
+//!    value only if it still holds the lease (a compare-and-set script that also releases
+//!    it). The others poll for the value for up to `lease_wait_ms`, taking the lease
 //!    themselves if it is freed or expires (a dead loader), and load on their own if the wait
 //!    runs out. Loads without the lease are returned but never written.
 //! 5. **Degradation**: if Redis cannot answer (timeout, error, open breaker), the origin
@@ -242,17 +244,29 @@ impl<V: CacheValue> Cache<V> {
             inner.stats.outcome(Outcome::L1Hit);
             return Ok(value);
         }
-        match inner
-            .flights
-            .run(key, || inner.read_through(key, load))
-            .await
-        {
+        let resolved = inner.space.resolve(key);
+        let Some(node) = inner.nodes.get(inner.placement.node(resolved.hash)) else {
+            return inner.bypass(key, load).await;
+        };
+        // The hit path stays outside the flight: a hit costs one GET and nothing shared.
+        let entry = match node.get(&resolved.value).await {
+            Ok(bytes) => inner.decode(node, &resolved, bytes).await,
+            Err(_) => return inner.bypass(key, load).await,
+        };
+        if let Some(entry) = entry {
+            return inner.serve(key, node, &resolved, entry, load).await;
+        }
+        inner.stats.outcome(Outcome::Miss);
+        // A miss: concurrent misses of this key in this process share one trip to the lease
+        // and the origin.
+        let miss = || inner.after_miss(key, node, &resolved, load);
+        match inner.flights.run(key, miss).await {
             Flight::Led(result) => result,
             Flight::Joined(result) => {
                 bump(&inner.stats.coalesced);
                 result
             }
-            Flight::Alone(work) => work().await,
+            Flight::Alone(miss) => miss().await,
         }
     }
 
@@ -274,7 +288,7 @@ impl<V: CacheValue> Cache<V> {
         };
         let resolved = inner.space.resolve(key);
         node.0
-            .delete(&[&resolved.value, &resolved.lease])
+            .delete(&[&resolved.value, &resolved.lease()])
             .await
             .map_err(|source| InvalidateError {
                 key: key.to_owned(),
@@ -378,27 +392,22 @@ impl<V: CacheValue> Inner<V> {
         }
     }
 
-    async fn read_through<F, Fut, E>(&self, key: &str, load: F) -> Result<Option<V>, E>
+    /// Answers from an entry Redis held: fresh (perhaps refreshed early), or expired but
+    /// inside its stale window (reloaded by whoever wins the lease, served stale to others).
+    async fn serve<F, Fut, E>(
+        &self,
+        key: &str,
+        node: &Node,
+        resolved: &ResolvedKey<'_>,
+        entry: Entry<V>,
+        load: F,
+    ) -> Result<Option<V>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>>,
     {
-        let resolved = self.space.resolve(key);
-        let index = self.placement.node(resolved.hash);
-        let Some(node) = self.nodes.get(index) else {
-            return self.bypass(key, load).await;
-        };
-        let entry = match node.get(&resolved.value).await {
-            Ok(bytes) => self.decode(node, &resolved, bytes).await,
-            Err(_) => return self.bypass(key, load).await,
-        };
-        let Some(entry) = entry else {
-            self.stats.outcome(Outcome::Miss);
-            return self.load_under_lease(key, node, &resolved, load).await;
-        };
         let now = self.clock.now_micros();
-        let fresh = now < entry.fresh_until_ms.saturating_mul(1_000);
-        if fresh {
+        if now < entry.fresh_until_ms.saturating_mul(1_000) {
             let early = refresh_early(
                 now,
                 entry.fresh_until_ms,
@@ -406,7 +415,7 @@ impl<V: CacheValue> Inner<V> {
                 self.settings.beta,
                 self.random.unit(),
             );
-            if early && let Some(Ok(value)) = self.refresh(key, node, &resolved, load).await {
+            if early && let Some(Ok(value)) = self.refresh(key, node, resolved, load).await {
                 bump(&self.stats.early_refreshes);
                 self.stats.outcome(Outcome::Hit);
                 return Ok(value);
@@ -421,9 +430,7 @@ impl<V: CacheValue> Inner<V> {
             self.remember(key, &entry.value).await;
             return Ok(entry.value);
         }
-        // Expired but inside its stale window: one caller reloads, the others get the old
-        // value meanwhile.
-        match self.refresh(key, node, &resolved, load).await {
+        match self.refresh(key, node, resolved, load).await {
             Some(result) => {
                 self.stats.outcome(Outcome::Miss);
                 result
@@ -435,12 +442,37 @@ impl<V: CacheValue> Inner<V> {
         }
     }
 
+    /// The miss path, run once per flight: look again (a flight that just finished may have
+    /// stored the value), then load under the lease or wait for its holder.
+    async fn after_miss<F, Fut, E>(
+        &self,
+        key: &str,
+        node: &Node,
+        resolved: &ResolvedKey<'_>,
+        load: F,
+    ) -> Result<Option<V>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>>,
+    {
+        match node.get(&resolved.value).await {
+            Ok(bytes) => {
+                if let Some(entry) = self.decode(node, resolved, bytes).await {
+                    self.remember(key, &entry.value).await;
+                    return Ok(entry.value);
+                }
+            }
+            Err(_) => return self.bypass_counted(key, load).await,
+        }
+        self.load_under_lease(key, node, resolved, load).await
+    }
+
     /// Decodes what Redis held; bytes that do not decode are counted, deleted (unless
     /// overwritten meanwhile) and reported as absent.
     async fn decode(
         &self,
         node: &Node,
-        resolved: &ResolvedKey,
+        resolved: &ResolvedKey<'_>,
         bytes: Option<Vec<u8>>,
     ) -> Option<Entry<V>> {
         let bytes = bytes?;
@@ -463,6 +495,15 @@ impl<V: CacheValue> Inner<V> {
         Fut: Future<Output = Result<Option<V>, E>>,
     {
         self.stats.outcome(Outcome::Bypass);
+        self.bypass_counted(key, load).await
+    }
+
+    /// [`Inner::bypass`] for a lookup whose outcome is already counted.
+    async fn bypass_counted<F, Fut, E>(&self, key: &str, load: F) -> Result<Option<V>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>>,
+    {
         let (result, _) = self.load_timed(load).await;
         if let Ok(value) = &result {
             self.remember(key, value).await;
@@ -476,7 +517,7 @@ impl<V: CacheValue> Inner<V> {
         &self,
         key: &str,
         node: &Node,
-        resolved: &ResolvedKey,
+        resolved: &ResolvedKey<'_>,
         load: F,
     ) -> Option<Result<Option<V>, E>>
     where
@@ -485,7 +526,7 @@ impl<V: CacheValue> Inner<V> {
     {
         let token = token();
         match node
-            .acquire(&resolved.lease, &token, self.settings.lease_ttl_ms)
+            .acquire(&resolved.lease(), &token, self.settings.lease_ttl_ms)
             .await
         {
             Ok(true) => {
@@ -505,7 +546,7 @@ impl<V: CacheValue> Inner<V> {
         &self,
         key: &str,
         node: &Node,
-        resolved: &ResolvedKey,
+        resolved: &ResolvedKey<'_>,
         token: &str,
         load: F,
     ) -> Result<Option<V>, E>
@@ -519,7 +560,7 @@ impl<V: CacheValue> Inner<V> {
             Err(error) => {
                 // Free the lease so the next caller tries at once instead of waiting it out.
                 let _ = node
-                    .delete_if_equal(&resolved.lease, token.as_bytes())
+                    .delete_if_equal(&resolved.lease(), token.as_bytes())
                     .await;
                 return Err(error);
             }
@@ -537,7 +578,7 @@ impl<V: CacheValue> Inner<V> {
                 // Stored only if the lease is still ours: an invalidation since we took it
                 // means what we loaded may predate the change, so it goes to this caller only.
                 if let Ok(true) = node
-                    .store(&resolved.value, &resolved.lease, token, &bytes, px)
+                    .store(&resolved.value, &resolved.lease(), token, &bytes, px)
                     .await
                 {
                     self.remember(key, &value).await;
@@ -546,7 +587,7 @@ impl<V: CacheValue> Inner<V> {
             Err(error) => {
                 tracing::warn!(key = %resolved.value, %error, "value cannot be encoded; not cached");
                 let _ = node
-                    .delete_if_equal(&resolved.lease, token.as_bytes())
+                    .delete_if_equal(&resolved.lease(), token.as_bytes())
                     .await;
             }
         }
@@ -558,7 +599,7 @@ impl<V: CacheValue> Inner<V> {
         &self,
         key: &str,
         node: &Node,
-        resolved: &ResolvedKey,
+        resolved: &ResolvedKey<'_>,
         load: F,
     ) -> Result<Option<V>, E>
     where
@@ -570,7 +611,7 @@ impl<V: CacheValue> Inner<V> {
         let mut waited = false;
         loop {
             match node
-                .acquire(&resolved.lease, &token, self.settings.lease_ttl_ms)
+                .acquire(&resolved.lease(), &token, self.settings.lease_ttl_ms)
                 .await
             {
                 Ok(true) => {
@@ -583,7 +624,7 @@ impl<V: CacheValue> Inner<V> {
                         waited = true;
                     }
                 }
-                Err(_) => return self.bypass(key, load).await,
+                Err(_) => return self.bypass_counted(key, load).await,
             }
             // Another process is loading: wait for its value, a bounded time.
             if tokio::time::Instant::now() + self.settings.lease_poll > deadline {
@@ -599,7 +640,7 @@ impl<V: CacheValue> Inner<V> {
                         return Ok(entry.value);
                     }
                 }
-                Err(_) => return self.bypass(key, load).await,
+                Err(_) => return self.bypass_counted(key, load).await,
             }
         }
     }

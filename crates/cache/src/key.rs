@@ -9,6 +9,7 @@
 //! bytes, `#`, and the SHA-256 of the whole key in hex: bounded key sizes, still readable in
 //! `redis-cli`, and unambiguous, since a key kept as-is never contains `#`.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
@@ -28,13 +29,27 @@ pub struct KeySpace {
     max_key_bytes: usize,
 }
 
-/// A caller's key resolved to its Redis keys and node hash.
+/// A caller's key resolved to its Redis value key and node hash; the lease key is built
+/// only when needed (never on a hit).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ResolvedKey {
+pub(crate) struct ResolvedKey<'a> {
     pub(crate) value: String,
-    pub(crate) lease: String,
+    /// Where the stored key starts in `value`.
+    stored_from: usize,
+    lease_prefix: &'a str,
     /// Hash of the stored key, which picks the node: value and lease land together.
     pub(crate) hash: u64,
+}
+
+impl ResolvedKey<'_> {
+    /// The key of the lease guarding this key's load.
+    pub(crate) fn lease(&self) -> String {
+        let stored = &self.value[self.stored_from..];
+        let mut lease = String::with_capacity(self.lease_prefix.len() + stored.len());
+        lease.push_str(self.lease_prefix);
+        lease.push_str(stored);
+        lease
+    }
 }
 
 impl KeySpace {
@@ -66,19 +81,23 @@ impl KeySpace {
         pattern
     }
 
-    pub(crate) fn resolve(&self, key: &str) -> ResolvedKey {
+    pub(crate) fn resolve(&self, key: &str) -> ResolvedKey<'_> {
         let stored = self.stored(key);
+        let mut value = String::with_capacity(self.value_prefix.len() + stored.len());
+        value.push_str(&self.value_prefix);
+        value.push_str(&stored);
         ResolvedKey {
-            value: format!("{}{stored}", self.value_prefix),
-            lease: format!("{}{stored}", self.lease_prefix),
+            value,
+            stored_from: self.value_prefix.len(),
+            lease_prefix: &self.lease_prefix,
             hash: key_hash(stored.as_bytes()),
         }
     }
 
     /// The key as stored: itself, or its readable prefix and digest.
-    pub(crate) fn stored(&self, key: &str) -> String {
+    pub(crate) fn stored<'k>(&self, key: &'k str) -> Cow<'k, str> {
         if key.len() <= self.max_key_bytes && !key.contains('#') {
-            return key.to_owned();
+            return Cow::Borrowed(key);
         }
         let mut cut = READABLE_PREFIX_BYTES.min(key.len());
         while !key.is_char_boundary(cut) {
@@ -90,7 +109,7 @@ impl KeySpace {
             // Writing into a String cannot fail.
             let _ = write!(stored, "{byte:02x}");
         }
-        stored
+        Cow::Owned(stored)
     }
 }
 
@@ -103,7 +122,7 @@ mod tests {
         let space = KeySpace::new("faultline", "catalog", 1, 200);
         assert_eq!(space.redis_key("LAMP-01"), "faultline:catalog:v1:LAMP-01");
         let resolved = space.resolve("LAMP-01");
-        assert_eq!(resolved.lease, "faultline:catalog:lease-v1:LAMP-01");
+        assert_eq!(resolved.lease(), "faultline:catalog:lease-v1:LAMP-01");
         assert_eq!(resolved.hash, key_hash(b"LAMP-01"));
         let v2 = KeySpace::new("faultline", "catalog", 2, 200);
         assert_ne!(v2.redis_key("LAMP-01"), space.redis_key("LAMP-01"));
