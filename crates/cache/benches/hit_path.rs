@@ -7,7 +7,8 @@
 //! run in one criterion group on one runtime, so their ratio comes from one run; it is
 //! printed at the end. An L1 hit is measured too, for scale.
 //!
-//! Needs Redis: `FAULTLINE_REDIS_URL`, default `redis://127.0.0.1:6379`.
+//! Runs against a `redis-server` child of its own (no other clients queueing ahead on
+//! Redis's one thread), or `FAULTLINE_REDIS_URL` if set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,8 +30,43 @@ struct Item {
     available: i64,
 }
 
-fn url() -> String {
-    std::env::var("FAULTLINE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+/// A private `redis-server`, killed when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Where to measure: `FAULTLINE_REDIS_URL`, or a fresh server on a free port.
+fn redis() -> (String, Option<Server>) {
+    if let Ok(url) = std::env::var("FAULTLINE_REDIS_URL") {
+        return (url, None);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed");
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    for _ in 0..500 {
+        if let Ok(mut conn) = client.get_connection()
+            && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+        {
+            return (url, Some(Server(child)));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("redis-server did not start");
 }
 
 fn item() -> Item {
@@ -48,9 +84,10 @@ fn hit_path(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    let (url, _server) = redis();
     let name = format!("bench-{}", std::process::id());
     let config = |l1: bool| CacheConfig {
-        nodes: url(),
+        nodes: url.clone(),
         ttl_ms: 3_600_000,
         l1: L1Config {
             enabled: l1,
@@ -65,7 +102,7 @@ fn hit_path(c: &mut Criterion) {
             .get_or_load("LAMP-01", || async { Ok::<_, String>(Some(item())) })
             .await
             .unwrap();
-        let client = redis::Client::open(url()).unwrap();
+        let client = redis::Client::open(url.as_str()).unwrap();
         let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
         let key = cache.redis_key("LAMP-01");
         (cache, l1_cache, raw, key)
@@ -172,8 +209,9 @@ thread_local! {
     static INTERLEAVED: std::cell::Cell<Option<(f64, f64, f64)>> = const { std::cell::Cell::new(None) };
 }
 
-/// Criterion's mean for `bench`, in nanoseconds, from this run's estimates.
-fn mean_ns(bench: &str) -> Option<f64> {
+/// Criterion's median for `bench`, in nanoseconds, from this run's estimates (the median,
+/// because a busy machine's outliers drag the mean).
+fn median_ns(bench: &str) -> Option<f64> {
     let home = std::env::var_os("CRITERION_HOME")
         .map(PathBuf::from)
         .or_else(|| {
@@ -182,7 +220,7 @@ fn mean_ns(bench: &str) -> Option<f64> {
         .unwrap_or_else(|| PathBuf::from("target/criterion"));
     let path = home.join("hit_path").join(bench).join("new/estimates.json");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    json["mean"]["point_estimate"].as_f64()
+    json["median"]["point_estimate"].as_f64()
 }
 
 criterion_group!(benches, hit_path);
@@ -190,10 +228,13 @@ criterion_group!(benches, hit_path);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    if let (Some(raw), Some(hit), Some(l1)) =
-        (mean_ns("raw_get"), mean_ns("cache_hit"), mean_ns("l1_hit"))
-    {
+    if let (Some(raw), Some(hit), Some(l1)) = (
+        median_ns("raw_get"),
+        median_ns("cache_hit"),
+        median_ns("l1_hit"),
+    ) {
         println!();
+        println!("criterion medians, each measured for seconds in turn:");
         println!("raw GET      {:>9.2} µs  1.00x", raw / 1_000.0);
         println!(
             "cache hit    {:>9.2} µs  {:.2}x  (target <= 1.10x)",
