@@ -50,19 +50,21 @@ fn redis() -> (String, Option<Server>) {
         .local_addr()
         .unwrap()
         .port();
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed");
+    let server = Server(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed"),
+    );
     let url = format!("redis://127.0.0.1:{port}");
     let client = redis::Client::open(url.as_str()).unwrap();
     for _ in 0..500 {
         if let Ok(mut conn) = client.get_connection()
             && redis::cmd("PING").query::<String>(&mut conn).is_ok()
         {
-            return (url, Some(Server(child)));
+            return (url, Some(server));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
