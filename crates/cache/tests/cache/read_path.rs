@@ -378,3 +378,15 @@ async fn long_keys_are_stored_under_their_digest() {
     assert!(key.contains(&format!("{}#", "X".repeat(32))), "{key}");
     assert!(exists(&url, &key).await);
 }
+
+/// Checked when compiling: a cache is shared across tasks, and a lookup (or an invalidation)
+/// can run in a spawned task or an axum handler.
+#[allow(dead_code)]
+fn caches_and_their_futures_cross_threads(cache: &Cache<Item>, origin: &Origin) {
+    fn shared<T: Send + Sync + Clone + 'static>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    shared(cache);
+    send(cache.get_or_load("SKU", || origin.load("SKU")));
+    send(cache.invalidate("SKU"));
+    send(cache.keys_per_node());
+}
