@@ -283,12 +283,11 @@ impl<V: CacheValue> Cache<V> {
             l1.invalidate(key).await;
         }
         bump(&inner.stats.invalidations);
-        let Some(node) = inner.node(key) else {
+        let resolved = inner.space.resolve(key);
+        let Some(node) = inner.nodes.get(inner.placement.node(resolved.hash)) else {
             return Ok(());
         };
-        let resolved = inner.space.resolve(key);
-        node.0
-            .delete(&[&resolved.value, &resolved.lease()])
+        node.delete(&[&resolved.value, &resolved.lease()])
             .await
             .map_err(|source| InvalidateError {
                 key: key.to_owned(),
