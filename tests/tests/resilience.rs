@@ -56,6 +56,8 @@ async fn a_hung_inventory_trips_the_breaker_fails_fast_and_recovers_through_half
 -> anyhow::Result<()> {
     let mut system = System::start(Options {
         extra_env: checkout_env(&[
+            // Every order asks inventory: this test is about the client stack, not the cache.
+            ("CHECKOUT_CACHE__ENABLED", "false"),
             ("CHECKOUT_INVENTORY__RESILIENCE__TIMEOUT__TOTAL_MS", "1000"),
             ("CHECKOUT_INVENTORY__RESILIENCE__TIMEOUT__ATTEMPT_MS", "300"),
             (
@@ -149,6 +151,7 @@ async fn a_hung_inventory_trips_the_breaker_fails_fast_and_recovers_through_half
 async fn the_edge_rate_limits_each_caller_and_sheds_catalog_reads_first() -> anyhow::Result<()> {
     let mut system = System::start(Options {
         extra_env: checkout_env(&[
+            ("CHECKOUT_CACHE__ENABLED", "false"),
             ("CHECKOUT_EDGE__RATE_LIMIT__REQUESTS_PER_SECOND", "1"),
             ("CHECKOUT_EDGE__RATE_LIMIT__BURST", "3"),
             ("CHECKOUT_EDGE__SHED__INITIAL_LIMIT", "1"),
@@ -253,6 +256,14 @@ async fn payments_rides_out_a_flaky_provider_without_holding_funds_twice() -> an
     assert!(
         provider["calls"].as_u64().unwrap_or(0) > 10,
         "failures were retried: {provider}"
+    );
+    // Retried, never given up on: a provider outage parks no command.
+    let (_, metrics) = system.admin(Service::Payments, "/metrics").await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("messaging_consumer_parked_total") && l.ends_with(" 0")),
+        "payments parked commands:\n{metrics}"
     );
 
     system.wait_until_settled(Duration::from_secs(60)).await?;

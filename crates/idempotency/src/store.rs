@@ -200,10 +200,16 @@ impl Lease {
         Ok(())
     }
 
-    /// Gives the key up: the request failed before any effect and may be retried with it.
-    /// Keys with a recovery point beyond [`STARTED`] are kept, since a phase did commit.
+    /// Gives the key up after a failure, so a retry can proceed at once instead of waiting
+    /// for the lease to run out:
+    ///
+    /// - at [`STARTED`] (no phase committed) the key is forgotten, and a retry starts afresh;
+    /// - past it, the key keeps its recovery point and only the lease ends, so the next
+    ///   identical request takes it over and resumes where this one stopped.
+    ///
+    /// Releasing a lease that another request already took over changes nothing.
     pub async fn release(self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        let forgotten = sqlx::query(
             "DELETE FROM idempotency_keys
              WHERE scope = $1 AND key = $2 AND lease_id = $3 AND recovery_point = $4",
         )
@@ -212,7 +218,19 @@ impl Lease {
         .bind(self.id)
         .bind(STARTED)
         .execute(pool)
-        .await?;
+        .await?
+        .rows_affected();
+        if forgotten == 0 {
+            sqlx::query(
+                "UPDATE idempotency_keys SET locked_until = now()
+                 WHERE scope = $1 AND key = $2 AND lease_id = $3 AND completed_at IS NULL",
+            )
+            .bind(&self.scope)
+            .bind(&self.key)
+            .bind(self.id)
+            .execute(pool)
+            .await?;
+        }
         Ok(())
     }
 }

@@ -194,6 +194,38 @@ async fn a_dead_owners_key_is_taken_over_at_its_recovery_point() {
 }
 
 #[tokio::test]
+async fn a_released_key_is_retried_at_once_from_where_it_stopped() {
+    let db = TestDb::new().await;
+    // A long lease: only the release can explain a prompt takeover.
+    let store = Store::new(db.pool.clone(), IdempotencyConfig::default());
+    let fingerprint = Fingerprint::of(&[b"payment"]);
+    let pay_2 = key("pay-2");
+    let claim = || store.claim("svc", &pay_2, fingerprint);
+
+    // Failing before any phase committed forgets the key: the retry starts afresh.
+    let Claim::Owned(first) = claim().await.unwrap() else {
+        panic!("fresh key must be owned");
+    };
+    first.release(&db.pool).await.unwrap();
+    let Claim::Owned(mut second) = claim().await.unwrap() else {
+        panic!("a released key must be claimable at once");
+    };
+    assert_eq!(second.recovery_point(), "started");
+
+    // Failing after a phase committed (the provider was down, say) keeps the phase: the
+    // retry takes over at once and resumes there.
+    let mut tx = db.pool.begin().await.unwrap();
+    second.checkpoint(&mut tx, "payment_created").await.unwrap();
+    tx.commit().await.unwrap();
+    second.release(&db.pool).await.unwrap();
+    let Claim::Owned(third) = claim().await.unwrap() else {
+        panic!("a released key past a recovery point must be taken over at once");
+    };
+    assert_eq!(third.recovery_point(), "payment_created");
+    db.drop_now().await;
+}
+
+#[tokio::test]
 async fn expired_keys_are_forgotten_and_reaped() {
     let db = TestDb::new().await;
     let store = Store::new(db.pool.clone(), IdempotencyConfig::default());

@@ -42,9 +42,10 @@ impl From<PaymentError> for HandlerError {
             PaymentError::Database(error) => HandlerError::Database(error),
             // The provider being down is not this command's fault; wait for it.
             PaymentError::Provider(error) => HandlerError::Unavailable(error.to_string()),
-            PaymentError::InProgress(_) | PaymentError::KeyTakenOver => {
-                HandlerError::Transient(error.to_string())
-            }
+            // Another request holds the key; it finishes or its lease runs out, so waiting
+            // always ends. Parking the command instead would cancel a payable order.
+            PaymentError::InProgress(_) => HandlerError::Unavailable(error.to_string()),
+            PaymentError::KeyTakenOver => HandlerError::Transient(error.to_string()),
             refused => HandlerError::Permanent(refused.to_string()),
         }
     }
@@ -73,8 +74,11 @@ impl<P: PaymentProvider> CommandHandler<P> {
                     })?;
                 return authorization_from(&response);
             }
+            // Another request holds the key (the gRPC door, or this command's previous
+            // attempt on another instance); it finishes or its lease runs out, so waiting
+            // always ends, and parking the command would cancel a payable order.
             Claim::InFlight { .. } => {
-                return Err(HandlerError::Transient(
+                return Err(HandlerError::Unavailable(
                     "the same authorization is in progress elsewhere".into(),
                 ));
             }
