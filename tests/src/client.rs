@@ -210,6 +210,31 @@ impl Client {
         answer(request.send().await?).await
     }
 
+    /// [`Client::post_order`], retried as a polite client does while the edge answers 429 or
+    /// 503 (neither has done anything, so the same key is safe to send again).
+    pub async fn post_order_patiently(
+        &self,
+        body: &str,
+        idempotency_key: &str,
+    ) -> anyhow::Result<Answer> {
+        for _ in 0..100 {
+            let answer = self
+                .post_order(
+                    body.to_owned(),
+                    Some("application/json"),
+                    Some(idempotency_key),
+                )
+                .await?;
+            if answer.status != StatusCode::TOO_MANY_REQUESTS
+                && answer.status != StatusCode::SERVICE_UNAVAILABLE
+            {
+                return Ok(answer);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("POST /v1/orders kept being refused by the edge")
+    }
+
     /// Sends a JSON body with a fresh `Idempotency-Key`, as a client placing a new order does.
     pub async fn post_order_json(&self, body: &Value) -> anyhow::Result<Answer> {
         let key = Uuid::new_v4().to_string();

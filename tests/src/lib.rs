@@ -15,6 +15,7 @@ mod client;
 pub mod collector;
 pub mod credentials;
 pub mod proxy;
+pub mod redis;
 mod system;
 
 pub use client::{Answer, Client, DEFAULT_CUSTOMER, ProductSpec};

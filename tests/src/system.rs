@@ -234,6 +234,8 @@ impl System {
                         "CHECKOUT_INVENTORY__URL".into(),
                         format!("https://127.0.0.1:{inventory_port}"),
                     ));
+                    // The shared Redis is shared by every system: keys of each live apart.
+                    env.push(("CHECKOUT_CACHE__KEY_PREFIX".into(), run_id.clone()));
                     env.push((
                         "CHECKOUT_POLICY__DIR".into(),
                         repo_root().join("policies").display().to_string(),

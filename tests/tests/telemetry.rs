@@ -257,8 +257,12 @@ async fn metrics_are_scraped_with_sane_values_after_an_order() -> anyhow::Result
         ),
         1.0
     );
-    // StockReserved, PaymentAuthorized, StockCommitted, PaymentCaptured.
-    assert_eq!(count(&checkout, "messaging_consumer_processed_total"), 4.0);
+    // StockReserved, PaymentAuthorized, StockCommitted, PaymentCaptured, and one
+    // ProductChanged per product loaded into the catalog.
+    assert_eq!(
+        count(&checkout, "messaging_consumer_processed_total"),
+        4.0 + CATALOG.len() as f64
+    );
     assert_eq!(count(&checkout, "messaging_consumer_parked_total"), 0.0);
     assert_eq!(count(&checkout, "outbox_pending_rows"), 0.0);
     assert!(checkout.contains("outbox_oldest_pending_age_seconds"));

@@ -33,9 +33,9 @@ use faultline_auth::dev::{SigningKey, TokenSpec, jwks_json};
 use faultline_auth::{
     Access, AccessRequest, AuthLayer, JwtSettings, JwtVerifier, Policy, PolicySettings, Resource,
 };
+use faultline_testkit::TestDatabase;
 use http::{Request, StatusCode, header};
 use jsonwebtoken::Algorithm;
-use faultline_testkit::TestDatabase;
 use serde::Serialize;
 use sqlx::PgPool;
 use tower::ServiceExt;

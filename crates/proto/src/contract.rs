@@ -14,6 +14,9 @@ pub mod topics {
     pub const PAYMENTS_EVENTS: &str = "payments.events";
     /// Order outcomes: `OrderConfirmed`, `OrderCancelled`.
     pub const ORDERS_EVENTS: &str = "orders.events";
+    /// Catalog changes, keyed by SKU: `ProductChanged`. Readers that cache the catalog
+    /// invalidate on them.
+    pub const CATALOG_EVENTS: &str = "catalog.events";
 }
 
 /// Longest SKU.

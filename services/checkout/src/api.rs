@@ -47,6 +47,7 @@ use tower::{BoxError, ServiceBuilder};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, CatalogError, GrpcCatalog};
+use crate::catalog_cache::CachedCatalog;
 use crate::orchestrator::Orchestrator;
 use crate::orders::{self, FieldError, Order, OrderLine, PlaceOrder, PlaceOrderError};
 
@@ -55,8 +56,8 @@ use crate::orders::{self, FieldError, Order, OrderLine, PlaceOrder, PlaceOrderEr
 pub struct AppState {
     /// Checkout's database.
     pub pool: PgPool,
-    /// Inventory's catalog.
-    pub catalog: GrpcCatalog,
+    /// Inventory's catalog, through the cache.
+    pub catalog: CachedCatalog<GrpcCatalog>,
     /// Starts the saga of each new order.
     pub orchestrator: Orchestrator,
     /// Who may do what (`policies/authz.rego`).

@@ -23,8 +23,9 @@ use tower::{BoxError, Layer, ServiceExt, service_fn};
 
 use crate::config::InventoryClientSettings;
 
-/// A product as an order needs it: what it is called and what it costs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A product as an order needs it: what it is called and what it costs. Cached as JSON by
+/// [`crate::catalog_cache`]: changing its shape means bumping `CATALOG_CACHE_VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CatalogItem {
     /// The product.
     pub sku: String,
@@ -47,8 +48,9 @@ pub struct Lookup {
     pub missing: Vec<String>,
 }
 
-/// Why the catalog could not answer.
-#[derive(Debug, thiserror::Error)]
+/// Why the catalog could not answer. `Clone`: callers that waited on one cache load share
+/// its error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CatalogError {
     /// Inventory is down, slow or overloaded; the caller may retry later.
     #[error("inventory is unavailable: {0}")]

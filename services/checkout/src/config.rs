@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use faultline_auth::{JwtSettings, MtlsSettings, PolicySettings};
+use faultline_cache::CacheConfig;
 use faultline_idempotency::IdempotencyConfig;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
@@ -39,6 +40,10 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Saga deadlines.
     pub saga: SagaSettings,
+    /// The catalog cache in front of inventory (`CHECKOUT_CACHE__*`): faultline-cache's
+    /// defaults (Redis at `redis://127.0.0.1:6379`, 5 min TTL with 10 % jitter, 30 s for
+    /// "not found", a 1 s in-process L1).
+    pub cache: CacheConfig,
     /// Access tokens (`CHECKOUT_AUTH__*`): issuer `faultline-dev`, audience `faultline`,
     /// keys from `.state/auth/jwks.json` (what `make credentials` writes); point `JWKS` at an
     /// identity provider's URL in production.
@@ -118,6 +123,7 @@ impl Default for Config {
                 max_attempts: 3,
                 sweep_interval_ms: 1_000,
             },
+            cache: CacheConfig::default(),
             auth: JwtSettings::default(),
             policy: PolicySettings::default(),
             mtls: MtlsSettings::dev(".state/certs", "checkout"),
@@ -163,6 +169,9 @@ impl Config {
             .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
         self.edge
             .validate(&format!("{PREFIX}_EDGE"))
+            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        self.cache
+            .validate(&format!("{PREFIX}_CACHE"))
             .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
         self.auth
             .validate(&format!("{PREFIX}_AUTH"))

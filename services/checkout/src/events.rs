@@ -1,21 +1,27 @@
 //! The Kafka adapter: participants' answers in, saga transitions out, each in one
-//! transaction with the inbox row.
+//! transaction with the inbox row; and inventory's catalog changes in, cache entries out.
 
 use faultline_outbox::consumer::{Handler, HandlerError, Incoming};
 use faultline_platform::messaging::{aggregate_uuid, open, open_envelope};
+use faultline_proto::contract::validate_sku;
 use faultline_proto::envelope::Envelope;
 use faultline_proto::inventory::v1 as inventory;
 use faultline_proto::payments::v1 as payments;
 use sqlx::PgConnection;
 
+use crate::catalog::GrpcCatalog;
+use crate::catalog_cache::CachedCatalog;
 use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::saga::Event;
 
-/// Handles the events on `inventory.events` and `payments.events`.
+/// Handles the events on `inventory.events` and `payments.events` (the saga) and on
+/// `catalog.events` (the catalog cache).
 #[derive(Debug, Clone)]
 pub struct EventHandler {
     /// The orchestrator the events drive.
     pub orchestrator: Orchestrator,
+    /// The cached catalog that product changes invalidate.
+    pub catalog: CachedCatalog<GrpcCatalog>,
 }
 
 impl From<OrchestratorError> for HandlerError {
@@ -68,11 +74,31 @@ fn saga_event(envelope: &Envelope) -> Result<Event, HandlerError> {
 impl Handler for EventHandler {
     async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
         let envelope = open_envelope(message)?;
+        if envelope.is::<inventory::ProductChanged>() {
+            return self.product_changed(&envelope).await;
+        }
         let order_id = aggregate_uuid(&envelope)?;
         let event = saga_event(&envelope)?;
         self.orchestrator
             .apply(tx, order_id, &event, Some(&envelope.event_id))
             .await?;
+        Ok(())
+    }
+}
+
+impl EventHandler {
+    /// Drops the cached entry of a changed product. The effect is outside the transaction,
+    /// which is sound because it is idempotent: a redelivery deletes again. Until Redis
+    /// answers the record waits (retried without limit), since acknowledging it would leave
+    /// the old price cached until its TTL.
+    async fn product_changed(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        let event: inventory::ProductChanged = open(envelope)?;
+        validate_sku(&event.sku).map_err(HandlerError::Permanent)?;
+        self.catalog
+            .product_changed(&event.sku)
+            .await
+            .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+        tracing::debug!(sku = %event.sku, "catalog entry invalidated");
         Ok(())
     }
 }

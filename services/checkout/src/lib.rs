@@ -3,7 +3,8 @@
 //! - [`api`]: `POST /v1/orders` (with a required `Idempotency-Key`) and
 //!   `GET /v1/orders/{id}` (axum).
 //! - [`orders`]: placing (validate, price, store, start the saga) and reading orders.
-//! - [`catalog`]: product lookups against inventory over gRPC.
+//! - [`catalog`]: product lookups against inventory over gRPC; [`catalog_cache`] puts a
+//!   Redis cache in front, invalidated by inventory's `ProductChanged` events.
 //! - [`saga`]: the saga as a pure state machine; [`orchestrator`] runs it against the
 //!   database and the outbox; [`events`] feeds it the participants' answers from Kafka.
 //!
@@ -11,6 +12,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod catalog_cache;
 mod config;
 pub mod events;
 pub mod orchestrator;
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use faultline_auth::{ClientTls, JwtVerifier, Policy, ServiceId};
+use faultline_cache::Cache;
 use faultline_idempotency::{IdempotencyConfig, Store};
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
@@ -33,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
 use crate::catalog::GrpcCatalog;
+use crate::catalog_cache::{CATALOG_CACHE_VERSION, CachedCatalog};
 use crate::events::EventHandler;
 use crate::orchestrator::{Orchestrator, SagaMetrics, Topics};
 
@@ -81,28 +85,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.saga.max_attempts,
         SagaMetrics::register(&metrics),
     );
-    let wiring = Wiring {
-        service: "checkout",
-        consumes: vec![topics::INVENTORY_EVENTS, topics::PAYMENTS_EVENTS],
-        produces: vec![
-            topics::INVENTORY_COMMANDS,
-            topics::PAYMENTS_COMMANDS,
-            topics::ORDERS_EVENTS,
-        ],
-    };
-    let handler = EventHandler {
-        orchestrator: orchestrator.clone(),
-    };
-    let messaging = Messaging::start(&life, kafka, wiring, handler)
-        .await
-        .context("starting Kafka messaging")?;
-    let sweeper = tokio::spawn(sweep_deadlines(
-        pool.clone(),
-        orchestrator.clone(),
-        Duration::from_millis(config.saga.sweep_interval_ms),
-        life.background(),
-    ));
-
     // Credentials: a bad key set, policy or certificate stops the start, never a request.
     let verifier = JwtVerifier::new(config.auth.clone())
         .await
@@ -115,14 +97,62 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tls = ClientTls::load(config.mtls.clone(), inventory_id)
         .context("loading checkout's certificates (CHECKOUT_MTLS__*)")?;
     let tls_reload = tls.spawn_reload(life.background());
-    let catalog =
+
+    // The catalog: inventory over gRPC, behind the cache. The cache starts even when Redis
+    // is down; its breakers then send lookups to inventory.
+    let inventory =
         GrpcCatalog::new(&config.inventory, &tls, &metrics).context("inventory client")?;
-    let breaker = faultline_platform::breakers::observe(
-        "inventory",
-        catalog.breaker(),
-        &metrics,
+    let mut breakers = vec![(
+        "inventory breaker log",
+        faultline_platform::breakers::observe(
+            "inventory",
+            inventory.breaker(),
+            &metrics,
+            life.background(),
+        ),
+    )];
+    let cache = Cache::connect("catalog", CATALOG_CACHE_VERSION, &config.cache)
+        .await
+        .context("catalog cache (CHECKOUT_CACHE__*)")?;
+    metrics.register_collector(cache.collector());
+    for (index, node) in cache.nodes().iter().enumerate() {
+        if let Some(breaker) = cache.breaker(index) {
+            let name = format!("cache {node}");
+            breakers.push((
+                "cache breaker log",
+                faultline_platform::breakers::observe(&name, breaker, &metrics, life.background()),
+            ));
+        }
+    }
+    let catalog = CachedCatalog::new(inventory, cache);
+
+    let wiring = Wiring {
+        service: "checkout",
+        consumes: vec![
+            topics::INVENTORY_EVENTS,
+            topics::PAYMENTS_EVENTS,
+            topics::CATALOG_EVENTS,
+        ],
+        produces: vec![
+            topics::INVENTORY_COMMANDS,
+            topics::PAYMENTS_COMMANDS,
+            topics::ORDERS_EVENTS,
+        ],
+    };
+    let handler = EventHandler {
+        orchestrator: orchestrator.clone(),
+        catalog: catalog.clone(),
+    };
+    let messaging = Messaging::start(&life, kafka, wiring, handler)
+        .await
+        .context("starting Kafka messaging")?;
+    let sweeper = tokio::spawn(sweep_deadlines(
+        pool.clone(),
+        orchestrator.clone(),
+        Duration::from_millis(config.saga.sweep_interval_ms),
         life.background(),
-    );
+    ));
+
     let state = AppState {
         pool: pool.clone(),
         catalog,
@@ -152,18 +182,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .with_graceful_shutdown(async move { drain.cancelled().await })
     .await;
 
-    life.end(
-        messaging,
-        vec![
-            ("deadline sweeper", sweeper),
-            ("idempotency reaper", reaper),
-            ("breaker log", breaker),
-            ("JWKS refresh", jwks_refresh),
-            ("policy reload", policy_reload),
-            ("certificate reload", tls_reload),
-        ],
-    )
-    .await;
+    let mut tasks = vec![
+        ("deadline sweeper", sweeper),
+        ("idempotency reaper", reaper),
+        ("JWKS refresh", jwks_refresh),
+        ("policy reload", policy_reload),
+        ("certificate reload", tls_reload),
+    ];
+    tasks.extend(breakers);
+    life.end(messaging, tasks).await;
     served.context("HTTP server failed")?;
     tracing::info!("checkout stopped");
     Ok(())

@@ -2,8 +2,10 @@
 //! codes. No business rule lives here.
 
 use faultline_platform::grpc::database_status;
+use faultline_platform::messaging::publish;
 use faultline_proto::common::v1::Money;
 use faultline_proto::contract::validate_sku;
+use faultline_proto::envelope::Provenance;
 use faultline_proto::inventory::v1 as pb;
 use faultline_proto::inventory::v1::inventory_service_server::InventoryService;
 use sqlx::PgPool;
@@ -11,16 +13,23 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{self, MAX_PRODUCTS_PER_REQUEST, Product, ProductUpsert};
 
+use crate::commands::PRODUCER;
+
 /// Serves `faultline.inventory.v1.InventoryService`.
 #[derive(Debug, Clone)]
 pub struct InventoryGrpc {
     pool: PgPool,
+    catalog_events: String,
 }
 
 impl InventoryGrpc {
-    /// A service reading and writing the catalog in `pool`.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A service reading and writing the catalog in `pool`, announcing every change on the
+    /// topic `catalog_events` (full name) through the outbox.
+    pub fn new(pool: PgPool, catalog_events: String) -> Self {
+        Self {
+            pool,
+            catalog_events,
+        }
     }
 }
 
@@ -95,6 +104,28 @@ impl InventoryService for InventoryGrpc {
         let products = catalog::upsert(&mut tx, &upserts)
             .await
             .map_err(|e| database_status(&e))?;
+        // Announced in the same transaction as the change: a reader caching the catalog
+        // hears of every committed change, and of nothing that rolled back.
+        let correlation = uuid::Uuid::now_v7().to_string();
+        for product in &products {
+            let event = pb::ProductChanged {
+                sku: product.sku.clone(),
+                name: product.name.clone(),
+                unit_price: Some(Money {
+                    amount_minor: product.unit_price_minor,
+                    currency: product.currency.clone(),
+                }),
+            };
+            let provenance = Provenance {
+                aggregate_id: product.sku.clone(),
+                correlation_id: correlation.clone(),
+                causation_id: None,
+                producer: PRODUCER,
+            };
+            publish(&mut tx, &self.catalog_events, "product", &event, provenance)
+                .await
+                .map_err(|e| database_status(&e))?;
+        }
         tx.commit().await.map_err(|e| database_status(&e))?;
         Ok(Response::new(pb::UpsertProductsResponse {
             products: products.into_iter().map(to_pb).collect(),

@@ -55,7 +55,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let wiring = Wiring {
         service: "inventory",
         consumes: vec![topics::INVENTORY_COMMANDS],
-        produces: vec![topics::INVENTORY_EVENTS],
+        produces: vec![topics::INVENTORY_EVENTS, topics::CATALOG_EVENTS],
     };
     let handler = CommandHandler {
         events_topic: config.kafka.topic(topics::INVENTORY_EVENTS),
@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(health_service)
         .add_service(InventoryServiceServer::new(InventoryGrpc::new(
             life.pool.clone(),
+            config.kafka.topic(topics::CATALOG_EVENTS),
         )))
         .serve_with_incoming_shutdown(incoming, life.serving().cancelled_owned());
 
