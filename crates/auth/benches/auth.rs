@@ -12,7 +12,8 @@
 //!    checkout's does, reading the order and its lines from a real Postgres (two queries by
 //!    primary key, as `orders::find`), with 16 requests in flight on a two-worker runtime.
 //!    The throughput ratio on/off here is the figure of merit for the target (≥ 0.9× the
-//!    throughput without auth).
+//!    throughput without auth). The policy runs with its decision cache (the default) and,
+//!    as a separate case, with every decision evaluated.
 //!
 //! Run with `make bench-auth` (starts Postgres if needed), or
 //! `cargo bench -p faultline-auth --bench auth` against a running one.
@@ -53,7 +54,10 @@ struct Fixture {
     _dir: PathBuf,
     settings: JwtSettings,
     keys: Vec<SigningKey>,
+    /// The shipped policy with its decision cache (the default).
     policy: Policy,
+    /// The same policy deciding every request afresh.
+    uncached_policy: Policy,
 }
 
 fn fixture() -> Fixture {
@@ -70,9 +74,14 @@ fn fixture() -> Fixture {
         jwks: jwks.to_str().unwrap().to_owned(),
         ..JwtSettings::default()
     };
-    let policy = Policy::load(PolicySettings {
+    let policy_settings = PolicySettings {
         dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies"),
         ..PolicySettings::default()
+    };
+    let policy = Policy::load(policy_settings.clone()).unwrap();
+    let uncached_policy = Policy::load(PolicySettings {
+        decision_cache_entries: 0,
+        ..policy_settings
     })
     .unwrap();
     Fixture {
@@ -80,6 +89,7 @@ fn fixture() -> Fixture {
         settings,
         keys,
         policy,
+        uncached_policy,
     }
 }
 
@@ -116,7 +126,17 @@ fn per_request(c: &mut Criterion) {
             b.to_async(&rt).iter(|| uncached.verify(token));
         });
     }
-    group.bench_function("policy decision (GET own order)", |b| {
+    group.bench_function("policy decision (GET own order), evaluated", |b| {
+        b.iter(|| {
+            fixture.uncached_policy.decide(&AccessRequest {
+                method: "GET",
+                path: ORDER,
+                principal: &principal,
+                resource: Some(&owner),
+            })
+        });
+    });
+    group.bench_function("policy decision (GET own order), remembered", |b| {
         b.iter(|| {
             fixture.policy.decide(&AccessRequest {
                 method: "GET",
@@ -402,6 +422,13 @@ fn handler_with_database(c: &mut Criterion) {
         .route("/v1/orders/{id}", get(db_authenticated_order))
         .layer(AuthLayer::new(verifier.clone()))
         .with_state(state.clone());
+    let authz_uncached: Router = Router::new()
+        .route("/v1/orders/{id}", get(db_authorized_order))
+        .layer(AuthLayer::new(verifier.clone()))
+        .with_state(DbState {
+            policy: fixture.uncached_policy.clone(),
+            ..state.clone()
+        });
     let authz: Router = Router::new()
         .route("/v1/orders/{id}", get(db_authorized_order))
         .layer(AuthLayer::new(verifier))
@@ -443,6 +470,13 @@ fn handler_with_database(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| batch(authn.clone(), Some(bearer.clone())));
     });
+    group.bench_function(
+        "authentication + policy on, every decision evaluated",
+        |b| {
+            b.to_async(&rt)
+                .iter(|| batch(authz_uncached.clone(), Some(bearer.clone())));
+        },
+    );
     group.bench_function("authentication + policy on", |b| {
         b.to_async(&rt)
             .iter(|| batch(authz.clone(), Some(bearer.clone())));

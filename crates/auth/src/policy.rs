@@ -14,10 +14,18 @@
 //!   that does not compile or does not answer the expected shape is refused, and the one in
 //!   force stays.
 //! - **Fail-closed.** An evaluation error denies, with the reason logged.
+//! - **Remembered.** A decision is a function of its input and the policy, so identical
+//!   inputs (a customer polling their order) are decided once per policy version and then
+//!   answered from a bounded cache. A policy that calls a builtin whose answer changes on
+//!   its own (`time.now_ns`, `http.send`, random numbers, UUIDs) is never cached; neither
+//!   is anything with `decision_cache_entries = 0`. (This crate's regorus build has none of
+//!   those builtins, so such a policy does not compile today; the guard is for the day a
+//!   feature brings them in.)
 //! - **Audited.** Every decision is logged at `info` under the target
 //!   `faultline_auth::decision`: allow or deny, policy version, reason, method, path and
 //!   subject. Never a token, never claims beyond the subject.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -45,6 +53,9 @@ pub struct PolicySettings {
     pub entrypoint: String,
     /// How often the files are checked for changes, seconds. Default 5.
     pub reload_interval_secs: u64,
+    /// Decisions remembered per policy version, keyed by their whole input; 0 turns the
+    /// cache off. Default 10 000.
+    pub decision_cache_entries: usize,
 }
 
 impl Default for PolicySettings {
@@ -53,6 +64,7 @@ impl Default for PolicySettings {
             dir: PathBuf::from("policies"),
             entrypoint: "data.faultline.authz.decision".into(),
             reload_interval_secs: 5,
+            decision_cache_entries: 10_000,
         }
     }
 }
@@ -162,13 +174,76 @@ struct Loaded {
     idle: Mutex<Vec<RegoVM>>,
     version: Arc<str>,
     files: Vec<String>,
+    decisions: DecisionCache,
+}
+
+/// What the policy answered: allow, reason, missing scopes.
+type Verdict = (bool, String, Vec<String>);
+
+/// Decisions by their exact input (the serialized [`AccessRequest`], compared byte for byte:
+/// no hash stands in for it, so no collision can hand one caller another's decision). It
+/// lives in a [`Loaded`], so a reload starts with an empty one. When full it is emptied:
+/// simple, bounded, and refilled by the next requests.
+struct DecisionCache {
+    capacity: usize,
+    entries: RwLock<HashMap<Vec<u8>, Verdict>>,
+}
+
+/// Builtins whose answer changes between two evaluations of one input.
+const IMPURE_BUILTINS: [&str; 6] = [
+    "time.now_ns",
+    "http.send",
+    "rand.intn",
+    "uuid.rfc4122",
+    "opa.runtime",
+    "crypto.x509.parse_and_verify_certificates",
+];
+
+impl DecisionCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, input: &[u8]) -> Option<Verdict> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        entries.get(input).cloned()
+    }
+
+    fn insert(&self, input: Vec<u8>, verdict: Verdict) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= self.capacity {
+            entries.clear();
+        }
+        entries.insert(input, verdict);
+    }
 }
 
 /// Most idle VMs kept per policy; more are built when needed and dropped after.
 const MAX_IDLE_VMS: usize = 64;
 
 impl Loaded {
-    fn evaluate(&self, request: &AccessRequest<'_>) -> Result<(bool, String, Vec<String>), String> {
+    /// The decision for `request`: remembered, or evaluated and remembered. Errors are not
+    /// remembered (they deny, and the next request tries again).
+    fn decide(&self, request: &AccessRequest<'_>) -> Result<Verdict, String> {
+        let input = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+        if let Some(verdict) = self.decisions.get(&input) {
+            return Ok(verdict);
+        }
+        let verdict = self.evaluate(request)?;
+        self.decisions.insert(input, verdict.clone());
+        Ok(verdict)
+    }
+
+    fn evaluate(&self, request: &AccessRequest<'_>) -> Result<Verdict, String> {
         let input = input_value(request)?;
         let idle = self
             .idle
@@ -290,7 +365,7 @@ impl Policy {
     /// Decides `request` and logs the decision. Never fails: an evaluation error denies.
     pub fn decide(&self, request: &AccessRequest<'_>) -> Decision {
         let loaded = self.loaded();
-        let decision = match loaded.evaluate(request) {
+        let decision = match loaded.decide(request) {
             Ok((allow, reason, missing_scopes)) => Decision {
                 allow,
                 reason,
@@ -349,10 +424,17 @@ fn version_of(digest: &str) -> String {
 fn compile(settings: &PolicySettings, snapshot: watch::Snapshot) -> Result<Loaded, PolicyError> {
     let mut modules = Vec::with_capacity(snapshot.files.len());
     let mut files = Vec::with_capacity(snapshot.files.len());
+    let mut pure = true;
     for (path, bytes) in snapshot.files {
         let name = path.display().to_string();
         let text = String::from_utf8(bytes)
             .map_err(|_| PolicyError::Compile(format!("{name} is not UTF-8")))?;
+        // A textual check errs on the safe side: a mention in a comment also turns the
+        // cache off, which costs speed, never correctness.
+        if let Some(builtin) = IMPURE_BUILTINS.iter().find(|b| text.contains(**b)) {
+            tracing::info!(file = %name, builtin, "the policy is not a pure function of its input; decisions are not cached");
+            pure = false;
+        }
         modules.push(PolicyModule {
             id: name.as_str().into(),
             content: text.as_str().into(),
@@ -373,6 +455,11 @@ fn compile(settings: &PolicySettings, snapshot: watch::Snapshot) -> Result<Loade
         idle: Mutex::new(Vec::new()),
         version: version_of(&snapshot.digest).into(),
         files,
+        decisions: DecisionCache::new(if pure {
+            settings.decision_cache_entries
+        } else {
+            0
+        }),
     };
     self_check(&loaded)?;
     Ok(loaded)
@@ -498,11 +585,12 @@ mod tests {
                                 principal: &principal,
                                 resource: resource.as_ref(),
                             };
-                            assert_eq!(
-                                loaded.evaluate(&request),
-                                interpret(&loaded.compiled, &request),
-                                "{request:?}"
-                            );
+                            let reference = interpret(&loaded.compiled, &request);
+                            assert_eq!(loaded.evaluate(&request), reference, "{request:?}");
+                            // Decided twice: the second answer comes from the cache and
+                            // must be the same.
+                            assert_eq!(loaded.decide(&request), reference, "{request:?}");
+                            assert_eq!(loaded.decide(&request), reference, "{request:?}");
                             compared += 1;
                         }
                     }
@@ -510,5 +598,48 @@ mod tests {
             }
         }
         assert_eq!(compared, 4 * 2 * 2 * 5 * 5);
+        let remembered = loaded.decisions.entries.read().unwrap().len();
+        assert_eq!(remembered, compared, "one entry per distinct input");
+    }
+
+    /// The regorus build here has no clock, HTTP or random builtins, so such a policy does not
+    /// even compile today; the guard is for the day a feature brings them in. It is
+    /// textual, so a mention in a comment is enough to show it working.
+    #[test]
+    fn a_policy_that_mentions_the_clock_is_never_cached() {
+        let dir = std::env::temp_dir().join(format!(
+            "faultline-policy-impure-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("clock.rego"),
+            "package faultline.authz\nimport rego.v1\n\
+             # one day: allow only during office hours, with time.now_ns()\n\
+             decision := {\"allow\": false, \"reason\": \"closed\", \"missing_scopes\": []}\n",
+        )
+        .unwrap();
+        let loaded = load(&PolicySettings {
+            dir: dir.clone(),
+            ..PolicySettings::default()
+        })
+        .unwrap();
+        assert_eq!(loaded.decisions.capacity, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_full_decision_cache_starts_over_instead_of_growing() {
+        let cache = DecisionCache::new(2);
+        for input in [b"a", b"b", b"c"] {
+            cache.insert(input.to_vec(), (true, String::new(), Vec::new()));
+        }
+        assert_eq!(cache.entries.read().unwrap().len(), 1);
+        assert!(cache.get(b"c").is_some());
+        assert!(cache.get(b"a").is_none());
     }
 }

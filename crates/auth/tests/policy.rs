@@ -214,36 +214,48 @@ impl Write for Captured {
     }
 }
 
+/// The log every test of this binary writes to. Global, not a scoped `with_default`:
+/// tests run on parallel threads, and a callsite first reached on a thread with no
+/// subscriber may cache "nobody listens" and skip a scoped subscriber installed later.
+fn captured_log() -> &'static Captured {
+    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        captured
+    })
+}
+
 #[test]
 fn every_decision_is_logged_with_version_and_reason() {
+    let captured = captured_log();
     let policy = policy_in(shipped_policies());
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .finish();
-    let alice = principal("alice", &["orders:read", "orders:write"], &[]);
+    // A subject no other test uses, to pick this test's lines out of the shared log.
+    let subject = "log-audited-customer";
+    let customer = principal(subject, &["orders:read", "orders:write"], &[]);
     let requests = [
         ("POST", "/v1/orders", None),
-        ("GET", "/v1/orders/1", Some(Resource::owned_by("alice"))),
+        ("GET", "/v1/orders/1", Some(Resource::owned_by(subject))),
         ("GET", "/v1/orders/2", Some(Resource::owned_by("bob"))),
         ("DELETE", "/v1/orders/1", None),
     ];
-    let decisions: Vec<_> = tracing::subscriber::with_default(subscriber, || {
-        requests
-            .iter()
-            .map(|(method, path, resource)| {
-                decide(&policy, method, path, &alice, resource.as_ref())
-            })
-            .collect()
-    });
+    let decisions: Vec<_> = requests
+        .iter()
+        .map(|(method, path, resource)| decide(&policy, method, path, &customer, resource.as_ref()))
+        .collect();
 
     let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let logged: Vec<serde_json::Value> = output
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
-        .filter(|event: &serde_json::Value| event["target"] == "faultline_auth::decision")
+        .filter(|event: &serde_json::Value| {
+            event["target"] == "faultline_auth::decision" && event["fields"]["subject"] == subject
+        })
         .collect();
     assert_eq!(logged.len(), requests.len(), "{output}");
     for ((event, decision), (method, path, _)) in logged.iter().zip(&decisions).zip(&requests) {
@@ -253,7 +265,7 @@ fn every_decision_is_logged_with_version_and_reason() {
         assert_eq!(fields["reason"], decision.reason);
         assert_eq!(fields["method"], *method);
         assert_eq!(fields["path"], *path);
-        assert_eq!(fields["subject"], "alice");
+        assert_eq!(fields["subject"], subject);
     }
     assert_eq!(
         decisions.iter().map(|d| d.allow).collect::<Vec<_>>(),
