@@ -350,8 +350,29 @@ async fn the_policy_decides_who_places_and_reads_which_orders() {
         .iter()
         .any(|d| d["allow"] == false && d["subject"] == "bob");
     assert!(denied_bob, "{decisions:?}");
-    for token in [&read_only, &write_only] {
-        assert!(!log.contains(token.rsplit('.').next().unwrap()));
+    // No service logged a credential: not a token (nor its signature alone), not a key.
+    let alice_token = credentials
+        .token(&Caller::Customer("alice".into()))
+        .unwrap();
+    let admin_token = credentials.token(&Caller::Admin).unwrap();
+    system.wait_until_settled(Duration::from_secs(60)).await.unwrap();
+    for service in Service::ALL {
+        let log = system.log(service).unwrap();
+        for token in [&read_only, &write_only, &alice_token, &admin_token] {
+            let signature = token.rsplit('.').next().unwrap();
+            assert!(
+                !log.contains(signature),
+                "{} logged a token",
+                service.name()
+            );
+        }
+        for secret in ["PRIVATE KEY", "\"d\":", "bearer ey"] {
+            assert!(
+                !log.to_lowercase().contains(&secret.to_lowercase()),
+                "{} logged {secret:?}",
+                service.name()
+            );
+        }
     }
     system.teardown().await.unwrap();
 }
