@@ -35,7 +35,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
-use crate::catalog::GrpcCatalog;
+use crate::catalog::{CatalogItem, GrpcCatalog};
 use crate::catalog_cache::{CATALOG_CACHE_VERSION, CachedCatalog};
 use crate::events::EventHandler;
 use crate::orchestrator::{Orchestrator, SagaMetrics, Topics};
@@ -124,6 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             ));
         }
     }
+    let key_census = tokio::spawn(count_cache_keys(cache.clone(), life.background()));
     let catalog = CachedCatalog::new(inventory, cache);
 
     let wiring = Wiring {
@@ -188,12 +189,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ("JWKS refresh", jwks_refresh),
         ("policy reload", policy_reload),
         ("certificate reload", tls_reload),
+        ("cache key census", key_census),
     ];
     tasks.extend(breakers);
     life.end(messaging, tasks).await;
     served.context("HTTP server failed")?;
     tracing::info!("checkout stopped");
     Ok(())
+}
+
+/// How often the catalog cache's keys are counted per Redis node.
+const KEY_CENSUS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Counts the catalog cache's keys on each Redis node every minute, for the
+/// `faultline_cache_node_keys` gauge: how evenly rendezvous hashing spreads them. A `SCAN`
+/// walks a node's whole key space, which is why it runs this rarely.
+async fn count_cache_keys(cache: Cache<CatalogItem>, shutdown: CancellationToken) {
+    loop {
+        for (node, count) in cache.nodes().iter().zip(cache.keys_per_node().await) {
+            if let Err(error) = count {
+                tracing::debug!(%node, %error, "cache keys not counted");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(KEY_CENSUS_INTERVAL) => {}
+        }
+    }
 }
 
 async fn sweep_deadlines(
