@@ -315,6 +315,14 @@ impl Client {
     }
 }
 
+impl Answer {
+    /// Reads `response`: status, the headers tests look at, and the body as JSON (`Null` if
+    /// it is not JSON).
+    pub async fn read(response: reqwest::Response) -> anyhow::Result<Self> {
+        answer(response).await
+    }
+}
+
 async fn answer(response: reqwest::Response) -> anyhow::Result<Answer> {
     let status = response.status();
     let header = |name: &str| {

@@ -49,27 +49,7 @@ async fn catalog_read(system: &System, authorization: Option<&str>) -> Answer {
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let content_type = header("content-type").unwrap_or_default();
-    let www_authenticate = header("www-authenticate");
-    let body = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null);
-    Answer {
-        status,
-        content_type,
-        location: None,
-        www_authenticate,
-        retry_after: None,
-        replayed: None,
-        body,
-    }
+    Answer::read(request.send().await.unwrap()).await.unwrap()
 }
 
 fn assert_refused_token(answer: &Answer, case: &str) {
@@ -355,7 +335,10 @@ async fn the_policy_decides_who_places_and_reads_which_orders() {
         .token(&Caller::Customer("alice".into()))
         .unwrap();
     let admin_token = credentials.token(&Caller::Admin).unwrap();
-    system.wait_until_settled(Duration::from_secs(60)).await.unwrap();
+    system
+        .wait_until_settled(Duration::from_secs(60))
+        .await
+        .unwrap();
     for service in Service::ALL {
         let log = system.log(service).unwrap();
         for token in [&read_only, &write_only, &alice_token, &admin_token] {

@@ -241,6 +241,23 @@ async fn authorized_order(
     Ok(Json(view))
 }
 
+/// `GET` of the order through `router`, with `authorization` as the header if given; the
+/// answer must be 200.
+async fn get_order(router: Router, authorization: Option<String>) -> axum::body::Bytes {
+    let mut request = Request::get(ORDER);
+    if let Some(value) = authorization {
+        request = request.header(header::AUTHORIZATION, value);
+    }
+    let response = router
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap()
+}
+
 fn handler(c: &mut Criterion) {
     let rt = runtime();
     let fixture = fixture();
@@ -260,20 +277,7 @@ fn handler(c: &mut Criterion) {
         .layer(AuthLayer::new(verifier))
         .with_state(state);
 
-    let call = |router: Router, authorization: Option<String>| async move {
-        let mut request = Request::get(ORDER);
-        if let Some(value) = authorization {
-            request = request.header(header::AUTHORIZATION, value);
-        }
-        let response = router
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap()
-    };
+    let call = get_order;
     // Each router answers 200 before it is measured.
     rt.block_on(call(authz.clone(), Some(bearer.clone())));
 
@@ -440,20 +444,7 @@ fn handler_with_database(c: &mut Criterion) {
         let requests = (0..IN_FLIGHT).map(|_| {
             let router = router.clone();
             let authorization = authorization.clone();
-            tokio::spawn(async move {
-                let mut request = Request::get(ORDER);
-                if let Some(value) = authorization {
-                    request = request.header(header::AUTHORIZATION, value);
-                }
-                let response = router
-                    .oneshot(request.body(Body::empty()).unwrap())
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), StatusCode::OK);
-                axum::body::to_bytes(response.into_body(), usize::MAX)
-                    .await
-                    .unwrap()
-            })
+            tokio::spawn(get_order(router, authorization))
         });
         for answer in futures_util::future::join_all(requests).await {
             answer.unwrap();
