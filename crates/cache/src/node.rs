@@ -14,6 +14,8 @@ use faultline_resilience::{CircuitBreaker, ErrorClass, Permit};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
 
+use tracing::Instrument;
+
 use crate::metrics::{ErrorKind, Stats};
 
 /// Sets the value only while the caller still holds the lease, then drops the lease, in one
@@ -140,8 +142,13 @@ impl Node {
         })
     }
 
-    /// Runs one command under the breaker and the timeout.
-    async fn call<T, F, Fut>(&self, command: F) -> Result<T, NodeError>
+    /// Runs one command (`operation`, for its span) under the breaker and the timeout.
+    ///
+    /// Each command that reaches Redis gets a client span named after the OpenTelemetry
+    /// database conventions (`db.system.name = redis`, `db.operation.name`), so a slow cache
+    /// shows in the order's trace. A refusal by the open breaker never reaches Redis and has
+    /// no span; the error counters record it.
+    async fn call<T, F, Fut>(&self, operation: &'static str, command: F) -> Result<T, NodeError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -160,7 +167,22 @@ impl Node {
         };
         self.stats.command(self.index);
         let failure = Some(ErrorClass::Transient { retry_after: None });
-        match tokio::time::timeout(self.timeout, command(self.connection.clone())).await {
+        let span = tracing::info_span!(
+            "redis",
+            otel.name = operation,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = "redis",
+            db.operation.name = operation,
+            server.address = %self.name,
+        );
+        let outcome = tokio::time::timeout(self.timeout, command(self.connection.clone()))
+            .instrument(span.clone())
+            .await;
+        if !matches!(outcome, Ok(Ok(_))) {
+            span.record("otel.status_code", "ERROR");
+        }
+        match outcome {
             Ok(Ok(value)) => {
                 admission.record(None);
                 Ok(value)
@@ -185,8 +207,10 @@ impl Node {
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, NodeError> {
-        self.call(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
-            .await
+        self.call("GET", |mut c| async move {
+            redis::cmd("GET").arg(key).query_async(&mut c).await
+        })
+        .await
     }
 
     /// `SET lease token NX PX ttl`: whether the caller now holds the lease.
@@ -197,7 +221,7 @@ impl Node {
         ttl_ms: u64,
     ) -> Result<bool, NodeError> {
         let reply: Option<String> = self
-            .call(|mut c| async move {
+            .call("SET", |mut c| async move {
                 redis::cmd("SET")
                     .arg(lease)
                     .arg(token)
@@ -223,7 +247,7 @@ impl Node {
     ) -> Result<bool, NodeError> {
         let script = self.store.clone();
         let stored: i64 = self
-            .call(|mut c| async move {
+            .call("EVALSHA", |mut c| async move {
                 script
                     .key(value)
                     .key(lease)
@@ -245,25 +269,29 @@ impl Node {
     ) -> Result<bool, NodeError> {
         let script = self.delete_if_equal.clone();
         let deleted: i64 = self
-            .call(|mut c| async move { script.key(key).arg(expected).invoke_async(&mut c).await })
+            .call("EVALSHA", |mut c| async move {
+                script.key(key).arg(expected).invoke_async(&mut c).await
+            })
             .await?;
         Ok(deleted == 1)
     }
 
     /// Deletes `keys` outright.
     pub(crate) async fn delete(&self, keys: &[&str]) -> Result<(), NodeError> {
-        self.call(
-            |mut c| async move { redis::cmd("DEL").arg(keys).query_async::<i64>(&mut c).await },
-        )
+        self.call("DEL", |mut c| async move {
+            redis::cmd("DEL").arg(keys).query_async::<i64>(&mut c).await
+        })
         .await
         .map(|_| ())
     }
 
     /// `PING`, to open the connection early and learn whether the node is up.
     pub(crate) async fn ping(&self) -> Result<(), NodeError> {
-        self.call(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-            .await
-            .map(|_| ())
+        self.call("PING", |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Counts keys matching `pattern` with `SCAN` (never `KEYS`, which blocks the node).
@@ -273,7 +301,7 @@ impl Node {
         let mut total = 0_u64;
         loop {
             let (next, page): (u64, Vec<Vec<u8>>) = self
-                .call(|mut c| async move {
+                .call("SCAN", |mut c| async move {
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
