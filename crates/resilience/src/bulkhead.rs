@@ -199,7 +199,7 @@ where
             slots,
             max_wait,
         } = &self.bulkhead;
-        enter(&mut self.inner, request, name, slots.clone(), *max_wait)
+        enter(&mut self.inner, request, name, slots, *max_wait)
     }
 }
 
@@ -208,7 +208,7 @@ fn enter<S, Req>(
     inner: &mut S,
     request: Req,
     name: &Arc<str>,
-    slots: Arc<Slots>,
+    slots: &Arc<Slots>,
     max_wait: Duration,
 ) -> BulkheadFuture<S, Req>
 where
@@ -236,11 +236,11 @@ where
             let ready = std::mem::replace(inner, clone);
             BulkheadFuture {
                 state: Phase::Waiting {
-                    acquire: Box::pin(slots.acquire()),
+                    acquire: Box::pin(Arc::clone(slots).acquire()),
                     timer: Box::pin(tokio::time::sleep(max_wait)),
                     started: Instant::now(),
                     name: name.clone(),
-                    pending: Some((ready, request)),
+                    pending: Some(Box::new((ready, request))),
                 },
             }
         }
@@ -265,7 +265,9 @@ pin_project! {
             timer: Pin<Box<Sleep>>,
             started: Instant,
             name: Arc<str>,
-            pending: Option<(S, Req)>,
+            // Boxed: the service and request would otherwise make every call's future,
+            // fast path included, as large as this rarely taken state.
+            pending: Option<Box<(S, Req)>>,
         },
         Running {
             #[pin]
@@ -315,7 +317,7 @@ where
                             continue;
                         }
                     };
-                    let Some((mut service, request)) = pending.take() else {
+                    let Some((mut service, request)) = pending.take().map(|boxed| *boxed) else {
                         return Poll::Ready(Err(ResilienceError::Throttled.boxed()));
                     };
                     let future = service.call(request);
@@ -456,7 +458,7 @@ where
             &mut self.inner,
             request,
             &self.bulkhead.name,
-            pool,
+            &pool,
             self.bulkhead.max_wait,
         )
     }

@@ -48,11 +48,20 @@ impl Drop for Entered {
 }
 
 pin_project! {
-    /// A future run with a deadline scope current while it is polled.
+    /// A future run with a deadline current while it is polled.
     pub struct Scoped<F> {
         #[pin]
         future: F,
-        scope: Scope,
+        // Only the deadline: every layer above embeds this future, so its size is paid
+        // in moves on every call.
+        deadline: Deadline,
+    }
+}
+
+impl<F> Scoped<F> {
+    /// The deadline this future runs under.
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
     }
 }
 
@@ -62,7 +71,10 @@ impl<F: Future> Future for Scoped<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _entered = enter(*this.scope);
+        let _entered = enter(Scope {
+            deadline: *this.deadline,
+            now: None,
+        });
         this.future.poll(cx)
     }
 }
@@ -140,10 +152,7 @@ impl Deadline {
     pub(crate) fn scope_exact<F: Future>(self, future: F) -> Scoped<F> {
         Scoped {
             future,
-            scope: Scope {
-                deadline: self,
-                now: None,
-            },
+            deadline: self,
         }
     }
 

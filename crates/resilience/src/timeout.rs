@@ -161,7 +161,6 @@ where
         TimeoutFuture {
             inner: deadline.scope_exact(inner),
             sleep: None,
-            deadline: deadline.instant(),
             expiry,
         }
     }
@@ -175,7 +174,6 @@ pin_project! {
         // Boxed: created only on the slow path, and keeps this future (which every layer
         // above embeds) small to move.
         sleep: Option<Pin<Box<Sleep>>>,
-        deadline: Instant,
         expiry: Expiry,
     }
 }
@@ -195,13 +193,14 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.inner.as_mut().poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
+        let deadline = this.inner.deadline();
         let sleep = this
             .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*this.deadline)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.instant())));
         ready!(sleep.as_mut().poll(cx));
         let error = match *this.expiry {
             Expiry::Deadline(budget) => ResilienceError::DeadlineExceeded { budget },

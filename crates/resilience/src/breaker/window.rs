@@ -116,7 +116,13 @@ pub(super) struct CountWindow {
 impl CountWindow {
     fn record(&self, outcome: u8) -> Option<Tally> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let old = self.slots[index].swap(outcome, Ordering::AcqRel);
+        let slot = &self.slots[index];
+        // In a steady state the slot already holds this outcome; a plain load then saves
+        // the read-modify-write (the costlier half of recording a call).
+        if slot.load(Ordering::Acquire) == outcome {
+            return None;
+        }
+        let old = slot.swap(outcome, Ordering::AcqRel);
         if old == outcome {
             return None;
         }
