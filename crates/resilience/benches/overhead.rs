@@ -1,5 +1,6 @@
-//! Per-call overhead of the full client stack, against the bare service and against
-//! tower's stock `Timeout` + `Retry` pair, on an in-process service that answers at once.
+//! Per-call overhead of the full client stack (fused, and composed layer by layer), against
+//! the bare service and against tower's stock `Timeout` + `Retry` pair, on an in-process
+//! service that answers at once.
 //!
 //! All three run in one criterion group, so their ratios come from the same run on the
 //! same (noisy) machine. Each measured iteration is `ready().await` + `call().await` on
@@ -114,10 +115,11 @@ fn overhead(c: &mut Criterion) {
             500,
         )))
         .service(bare());
-    let full = ClientStack::new("bench", &ClientConfig::default())
+    let stack = ClientStack::new("bench", &ClientConfig::default())
         .expect("the defaults are valid")
-        .idempotent()
-        .layer(bare());
+        .idempotent();
+    let full = stack.layer(bare());
+    let layered = stack.layered(bare());
 
     let mut group = c.benchmark_group("per_call");
     group.warm_up_time(Duration::from_secs(1));
@@ -131,6 +133,7 @@ fn overhead(c: &mut Criterion) {
         tower_equivalent,
     );
     measure(&mut group, "full_client_stack", &rt, full);
+    measure(&mut group, "full_stack_layer_by_layer", &rt, layered);
     group.finish();
 
     // What each of our layers costs alone over the bare service, to find the hot spots.

@@ -176,10 +176,12 @@ impl State {
 }
 
 /// The state word: generation in the high bits, state in the low three.
+#[inline]
 fn encode(generation: u64, state: State) -> u64 {
     (generation << 3) | state.code()
 }
 
+#[inline]
 fn decode(word: u64) -> (u64, State) {
     let state = State::ALL
         .get((word & 0b111) as usize)
@@ -271,6 +273,42 @@ pub struct Permit {
     start: Option<Instant>,
 }
 
+/// A [`Permit`] without its start time, in one word: what the fused client stack keeps
+/// per call, since its future is moved on every call and every byte of it costs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket(std::num::NonZeroU64);
+
+impl Ticket {
+    /// The permit back, with the call's start time if it was taken.
+    #[inline]
+    pub(crate) fn permit(self, start: Option<Instant>) -> Permit {
+        let (generation, state) = decode(self.0.get() - 1);
+        Permit {
+            generation,
+            state,
+            start,
+        }
+    }
+}
+
+impl Permit {
+    /// The permit in one word; the start time, if any, is the caller's to keep.
+    #[inline]
+    pub(crate) fn ticket(&self) -> Ticket {
+        // Off by one so that `Option<Ticket>` is one word too (generations never reach 2^61).
+        Ticket(std::num::NonZeroU64::MIN.saturating_add(encode(self.generation, self.state)))
+    }
+
+    /// Starts the call's clock if it is not running: called when a call is first found
+    /// waiting, so one answered at once costs no clock read and is never slow.
+    #[inline]
+    pub(crate) fn waiting(&mut self) {
+        if self.start.is_none() {
+            self.start = Some(Instant::now());
+        }
+    }
+}
+
 impl CircuitBreaker {
     /// A closed breaker called `name` (the downstream's name) with validated `config`.
     pub fn new(name: &str, config: &BreakerConfig) -> Self {
@@ -353,7 +391,8 @@ impl CircuitBreaker {
     }
 
     /// Admission; `stamp` says whether to read the clock for the call's start now.
-    fn admit(&self, stamp: bool) -> Result<Permit, ResilienceError> {
+    #[inline]
+    pub(crate) fn admit(&self, stamp: bool) -> Result<Permit, ResilienceError> {
         let shared = &*self.shared;
         loop {
             let word = shared.state.load(Ordering::Acquire);
@@ -391,6 +430,7 @@ impl CircuitBreaker {
 
     /// Records how a permitted call ended: `None` for success, otherwise its class. The
     /// call's duration (for the slow-call rate) is measured from `try_acquire`.
+    #[inline]
     pub fn record(&self, permit: Permit, outcome: Option<ErrorClass>) {
         let shared = &*self.shared;
         if permit.state == State::ForcedClosed {
@@ -452,6 +492,7 @@ impl CircuitBreaker {
 
     /// Gives back a permit whose call was never made or was cancelled: a half-open probe
     /// slot becomes free again.
+    #[inline]
     pub fn release(&self, permit: Permit) {
         let shared = &*self.shared;
         if permit.state == State::HalfOpen
@@ -491,6 +532,7 @@ impl Shared {
         u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
+    #[inline]
     fn now_sec(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.origin).as_secs()
     }
@@ -675,10 +717,8 @@ where
             Poll::Pending => {
                 // The call waits: start its clock. A call answered on its first poll never
                 // waited and is not slow, and costs no clock reads.
-                if let Some(permit) = this.guard.as_mut().and_then(|g| g.permit.as_mut())
-                    && permit.start.is_none()
-                {
-                    permit.start = Some(Instant::now());
+                if let Some(permit) = this.guard.as_mut().and_then(|g| g.permit.as_mut()) {
+                    permit.waiting();
                 }
                 return Poll::Pending;
             }

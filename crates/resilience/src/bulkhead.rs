@@ -64,7 +64,7 @@ impl BulkheadConfig {
 
 /// A counting semaphore whose uncontended path is one atomic operation.
 #[derive(Debug)]
-struct Slots {
+pub(crate) struct Slots {
     available: AtomicUsize,
     /// Callers waiting in [`Slots::acquire`]; releases notify only when there are some.
     waiting: AtomicUsize,
@@ -80,13 +80,15 @@ impl Slots {
         })
     }
 
-    fn try_take(&self) -> bool {
+    #[inline]
+    pub(crate) fn try_take(&self) -> bool {
         self.available
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
     }
 
-    fn give_back(&self) {
+    #[inline]
+    pub(crate) fn give_back(&self) {
         // SeqCst on both sides (here and in `acquire`): either this release sees the
         // waiter's registration, or the waiter's retry sees this slot.
         self.available.fetch_add(1, Ordering::SeqCst);
@@ -96,7 +98,7 @@ impl Slots {
     }
 
     /// Waits for a slot (cancel by dropping; the timeout lives in the caller).
-    async fn acquire(self: Arc<Self>) -> Slot {
+    pub(crate) async fn acquire(self: Arc<Self>) -> Slot {
         struct Registered<'a>(&'a AtomicUsize);
         impl Drop for Registered<'_> {
             fn drop(&mut self) {
@@ -124,7 +126,7 @@ impl Slots {
 }
 
 /// A taken slot, returned on drop.
-struct Slot(Arc<Slots>);
+pub(crate) struct Slot(Arc<Slots>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -141,9 +143,9 @@ impl Slots {
 /// A bulkhead for one downstream; clones (and every service made by its layer) share slots.
 #[derive(Debug, Clone)]
 pub struct Bulkhead {
-    name: Arc<str>,
-    slots: Arc<Slots>,
-    max_wait: Duration,
+    pub(crate) name: Arc<str>,
+    pub(crate) slots: Arc<Slots>,
+    pub(crate) max_wait: Duration,
 }
 
 impl Bulkhead {
@@ -247,7 +249,7 @@ where
     }
 }
 
-type Acquire = Pin<Box<dyn Future<Output = Slot> + Send>>;
+pub(crate) type Acquire = Pin<Box<dyn Future<Output = Slot> + Send>>;
 
 pin_project! {
     /// The response future of the bulkhead services.

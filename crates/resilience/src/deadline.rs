@@ -94,6 +94,7 @@ pub struct Deadline(Instant);
 
 impl Deadline {
     /// The deadline at `instant`.
+    #[inline]
     pub fn at(instant: Instant) -> Self {
         Self(instant)
     }
@@ -104,6 +105,7 @@ impl Deadline {
     }
 
     /// When it passes.
+    #[inline]
     pub fn instant(self) -> Instant {
         self.0
     }
@@ -127,6 +129,7 @@ impl Deadline {
     }
 
     /// The current deadline and, inside a layer's synchronous `call`, the instant it read.
+    #[inline]
     pub(crate) fn current_scope() -> (Option<Deadline>, Option<Instant>) {
         match CURRENT.with(|current| current.get()) {
             Some(scope) => (Some(scope.deadline), scope.now),
@@ -149,6 +152,7 @@ impl Deadline {
     }
 
     /// Runs `future` with exactly this deadline (already tightened by the caller).
+    #[inline]
     pub(crate) fn scope_exact<F: Future>(self, future: F) -> Scoped<F> {
         Scoped {
             future,
@@ -168,6 +172,7 @@ impl Deadline {
 
     /// [`Deadline::sync_scope`] for a layer that read the clock at `now` (and already
     /// tightened the deadline).
+    #[inline]
     pub(crate) fn sync_scope_at<R>(self, now: Instant, f: impl FnOnce() -> R) -> R {
         let _entered = enter(Scope {
             deadline: self,

@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
+use crate::budget::RetryBudget;
 use crate::config::{ConfigError, percent, positive};
 use crate::latency::LatencyWindow;
-use crate::retry::{RetryBudget, RetrySafety};
+use crate::retry::RetrySafety;
 
 /// Hedging settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +112,19 @@ impl<I> HedgeLayer<I> {
     /// enough samples (always `None` when disabled).
     pub fn delay(&self) -> Option<Duration> {
         self.shared.as_ref()?.latencies.threshold()
+    }
+
+    /// Whether hedging is on.
+    #[inline]
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Counts a successful copy's latency towards the next period's percentile.
+    pub(crate) fn record(&self, latency: Duration) {
+        if let Some(shared) = &self.shared {
+            shared.latencies.record(latency);
+        }
     }
 }
 

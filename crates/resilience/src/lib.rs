@@ -11,7 +11,8 @@
 //! Two compositions are ready-made:
 //! - [`ClientStack`]: calls to one downstream, in the recommended order
 //!   `bulkhead → total timeout → retry → hedge → throttle → breaker → attempt timeout`
-//!   (see [`stack`] for why that order).
+//!   (see [`stack`] for why that order), as one fused [`ClientService`] or composed layer
+//!   by layer ([`ClientStack::layered`]).
 //! - [`EdgeStack`]: a server's front door, `rate limit → priority shed → concurrency cap`,
 //!   with [`RecoverLayer`] turning refusals into the app's own responses.
 //!
@@ -20,12 +21,14 @@
 //! README shows the three uses Faultline has: a gRPC call, the HTTP edge and an in-process
 //! payment adapter.
 //!
-//! Where tower has the piece, it is used: `Retry` with `TpsBudget`, `ConcurrencyLimit`,
-//! `LoadShed`; GCRA comes from `governor`. The rest is written here, and each such module
-//! says why.
+//! Where tower has the piece, it is used: `Retry` with its `Policy` trait,
+//! `ConcurrencyLimit`, `LoadShed`; GCRA comes from `governor`. The rest is written here, and
+//! each such module says why (the retry budget, for one, keeps `TpsBudget`'s accounting
+//! without its mutex and clock read per call).
 
 mod backoff;
 pub mod breaker;
+mod budget;
 mod bulkhead;
 mod classify;
 mod config;
@@ -72,7 +75,7 @@ pub use retry::{
 pub use shed::{
     AdaptiveLimiter, Priority, PriorityShedLayer, PriorityShedService, ShedConfig, ShedFuture,
 };
-pub use stack::{ClientConfig, ClientService, ClientStack};
+pub use stack::{ClientConfig, ClientFuture, ClientService, ClientStack, LayeredClientService};
 pub use throttle::{
     AdaptiveThrottle, ThrottleConfig, ThrottleFuture, ThrottleLayer, ThrottleService,
     rejection_probability,

@@ -14,16 +14,15 @@
 //!   [`ResilienceError::BudgetExhausted`] wrapping the last error.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
-use tower::retry::budget::{Budget, TpsBudget};
 use tower::{BoxError, Layer};
 
 use crate::backoff::{Backoff, Jitter};
+pub use crate::budget::RetryBudget;
 use crate::classify::{Classifier, ErrorClass, classify};
 use crate::config::{ConfigError, percent, positive};
 use crate::deadline::Deadline;
@@ -84,8 +83,8 @@ impl RetryConfig {
             ));
         }
         percent(path, "BUDGET_PERCENT", self.budget_percent, true)?;
-        // tower's TpsBudget asserts these bounds; a bad value must be a config error, not a
-        // panic at start.
+        // The budget counts in tenths of its window: under a second it forgets calls before
+        // their retries are due, over a minute it remembers traffic long gone.
         if !(1_000..=60_000).contains(&self.budget_window_ms) {
             return Err(ConfigError::new(
                 path,
@@ -106,36 +105,6 @@ impl RetryConfig {
             Duration::from_millis(self.max_backoff_ms),
             self.jitter,
         )
-    }
-}
-
-/// A retry budget shared by every caller of one downstream (and by hedging): a cheap
-/// handle to tower's [`TpsBudget`].
-#[derive(Debug, Clone)]
-pub struct RetryBudget(Arc<TpsBudget>);
-
-impl RetryBudget {
-    /// The budget from validated settings.
-    ///
-    /// # Panics
-    /// If `config` would not pass [`RetryConfig::validate`] (tower asserts its bounds).
-    pub fn new(config: &RetryConfig) -> Self {
-        Self(Arc::new(TpsBudget::new(
-            Duration::from_millis(config.budget_window_ms),
-            config.budget_min_per_sec,
-            // TpsBudget takes a ratio: 1.0 is one retry per call.
-            (config.budget_percent / 100.0) as f32,
-        )))
-    }
-
-    /// Records a call (earns a fraction of a retry).
-    pub fn deposit(&self) {
-        self.0.deposit();
-    }
-
-    /// Takes a token for one retry or hedge; `false` when none are left.
-    pub fn withdraw(&self) -> bool {
-        self.0.withdraw()
     }
 }
 
@@ -183,49 +152,143 @@ where
 /// holds that call's attempt count and last backoff.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy<C, I> {
-    max_attempts: u32,
-    backoff: Backoff,
-    budget: RetryBudget,
-    classifier: C,
-    safety: I,
-    attempts: u32,
-    previous: Duration,
+    rules: RetryRules<C, I>,
+    progress: Progress,
 }
 
 impl<C, I> RetryPolicy<C, I> {
     /// A policy from validated settings, sharing `budget`.
     pub fn new(config: &RetryConfig, budget: RetryBudget, classifier: C, safety: I) -> Self {
         Self {
+            rules: RetryRules::new(config, budget, classifier, safety),
+            progress: Progress::default(),
+        }
+    }
+}
+
+/// What a retry decision needs that does not change from call to call. The policy above
+/// holds one per call (tower clones it); the fused [`ClientService`](crate::ClientService)
+/// shares one among all its calls and keeps only the [`Progress`] per call.
+#[derive(Debug, Clone)]
+pub(crate) struct RetryRules<C, I> {
+    max_attempts: u32,
+    backoff: Backoff,
+    pub(crate) budget: RetryBudget,
+    pub(crate) classifier: C,
+    pub(crate) safety: I,
+}
+
+/// One call's retry state: attempts made so far and the last jittered backoff (which
+/// decorrelated jitter grows from).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Progress {
+    attempts: u32,
+    /// In microseconds: a `Duration` would double the size of every call's future.
+    previous_micros: u32,
+}
+
+impl<C, I> RetryRules<C, I> {
+    pub(crate) fn new(config: &RetryConfig, budget: RetryBudget, classifier: C, safety: I) -> Self {
+        Self {
             max_attempts: config.max_attempts,
             backoff: config.backoff(),
             budget,
             classifier,
             safety,
-            attempts: 0,
-            previous: Duration::ZERO,
+        }
+    }
+
+    /// Counts a new call in the budget (at `now`, a clock reading the caller already made)
+    /// and returns the copy of `request` for a retry, if one may follow.
+    #[inline]
+    pub(crate) fn start<Req: Clone>(
+        &self,
+        progress: &Progress,
+        request: &Req,
+        now: Instant,
+    ) -> Option<Req>
+    where
+        I: RetrySafety<Req>,
+    {
+        self.budget.deposit_at(now);
+        self.copy(progress, request)
+    }
+
+    /// The copy of `request` to send next time, or `None` when it will never be sent again
+    /// (no attempts left, or not safe to repeat): no copy is made for nothing.
+    #[inline]
+    pub(crate) fn copy<Req: Clone>(&self, progress: &Progress, request: &Req) -> Option<Req>
+    where
+        I: RetrySafety<Req>,
+    {
+        (progress.attempts < self.max_attempts && self.safety.is_retry_safe(request))
+            .then(|| request.clone())
+    }
+
+    /// Judges an attempt's `result` (of a request that had a copy made): `Some(wait)` to try
+    /// again after `wait`, `None` to hand `result` to the caller. A retry the budget refuses
+    /// turns the error into
+    /// [`ResilienceError::BudgetExhausted`]. `deadline` is the call's: an attempt that could
+    /// not start before it is not waited for.
+    pub(crate) fn after<Req, Res>(
+        &self,
+        progress: &mut Progress,
+        request: &Req,
+        result: &mut Result<Res, BoxError>,
+        deadline: Option<Deadline>,
+    ) -> Option<Duration>
+    where
+        C: Classifier<Res>,
+        I: RetrySafety<Req>,
+    {
+        progress.attempts += 1;
+        let class = classify(&self.classifier, result.as_ref().map_err(|e| &**e))?;
+        if !self.safety.is_retry_safe(request) {
+            return None;
+        }
+        match self.next_delay(progress, class, deadline) {
+            Decision::Stop => None,
+            Decision::Wait(delay) => Some(delay),
+            Decision::OutOfBudget => {
+                if let Err(last) = result {
+                    let last = std::mem::replace(last, ResilienceError::Throttled.boxed());
+                    *result = Err(ResilienceError::BudgetExhausted { last }.boxed());
+                }
+                None
+            }
         }
     }
 
     /// Decides on a failed attempt of class `class`: the wait before the next, or why not.
-    fn next_delay(&mut self, class: ErrorClass) -> Decision {
+    fn next_delay(
+        &self,
+        progress: &mut Progress,
+        class: ErrorClass,
+        deadline: Option<Deadline>,
+    ) -> Decision {
         let ErrorClass::Transient { retry_after } = class else {
             return Decision::Stop;
         };
-        if self.attempts >= self.max_attempts {
+        if progress.attempts >= self.max_attempts {
             return Decision::Stop;
         }
         let unit: f64 = rand::rng().random_range(0.0..1.0);
-        let jittered = self.backoff.delay(self.attempts, self.previous, unit);
+        let jittered = self.backoff.delay(
+            progress.attempts,
+            Duration::from_micros(u64::from(progress.previous_micros)),
+            unit,
+        );
         let delay = jittered.max(retry_after.unwrap_or(Duration::ZERO));
-        if let Some(deadline) = Deadline::current()
-            && Instant::now() + delay >= deadline.instant()
+        let now = Instant::now();
+        if let Some(deadline) = deadline
+            && now + delay >= deadline.instant()
         {
             return Decision::Stop;
         }
-        if !self.budget.withdraw() {
+        if !self.budget.withdraw_at(now) {
             return Decision::OutOfBudget;
         }
-        self.previous = jittered;
+        progress.previous_micros = u32::try_from(jittered.as_micros()).unwrap_or(u32::MAX);
         Decision::Wait(delay)
     }
 }
@@ -251,31 +314,19 @@ where
         request: &mut Req,
         result: &mut Result<Res, BoxError>,
     ) -> Option<Self::Future> {
-        self.attempts += 1;
-        if self.attempts == 1 {
-            self.budget.deposit();
-        }
-        let class = classify(&self.classifier, result.as_ref().map_err(|e| &**e))?;
-        if !self.safety.is_retry_safe(request) {
-            return None;
-        }
-        match self.next_delay(class) {
-            Decision::Stop => None,
-            Decision::Wait(delay) => Some(Box::pin(tokio::time::sleep(delay))),
-            Decision::OutOfBudget => {
-                if let Err(last) = result {
-                    let last = std::mem::replace(last, ResilienceError::Throttled.boxed());
-                    *result = Err(ResilienceError::BudgetExhausted { last }.boxed());
-                }
-                None
-            }
-        }
+        self.rules
+            .after(&mut self.progress, request, result, Deadline::current())
+            .map(|delay| Box::pin(tokio::time::sleep(delay)))
     }
 
     fn clone_request(&mut self, request: &Req) -> Option<Req> {
-        // No copy for requests that will never be sent again.
-        (self.attempts < self.max_attempts && self.safety.is_retry_safe(request))
-            .then(|| request.clone())
+        if self.progress.attempts == 0 {
+            // tower asks for the first copy in `Retry::call`, inside the total timeout's
+            // `call`, whose clock reading is current: the deposit reuses it.
+            let now = Deadline::current_scope().1.unwrap_or_else(Instant::now);
+            return self.rules.start(&self.progress, request, now);
+        }
+        self.rules.copy(&self.progress, request)
     }
 }
 
@@ -305,8 +356,8 @@ impl<S, C: Clone, I: Clone> Layer<S> for RetryLayer<C, I> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::classify::AllErrorsTransient;

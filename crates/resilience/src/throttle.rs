@@ -190,7 +190,7 @@ impl AdaptiveThrottle {
     }
 
     /// Counts a request and decides whether to send it.
-    fn admit(&self) -> bool {
+    pub(crate) fn admit(&self) -> bool {
         if !self.state.enabled {
             return true;
         }
@@ -209,7 +209,7 @@ impl AdaptiveThrottle {
         probability == 0.0 || (self.state.sample)() >= probability
     }
 
-    fn accepted(&self) {
+    pub(crate) fn accepted(&self) {
         let now_sec = self.now_sec();
         let mut counts = self
             .state
@@ -217,6 +217,11 @@ impl AdaptiveThrottle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         counts.add(now_sec, 0, 1);
+    }
+
+    /// Whether it throttles at all (a disabled throttle admits everything, counting nothing).
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.state.enabled
     }
 
     /// A layer throttling with this state, judging acceptance with `classifier`.

@@ -143,20 +143,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let (inherited, now) = Deadline::current_scope();
         let now = now.unwrap_or_else(Instant::now);
-        let own = now + self.limit;
-        let (deadline, expiry) = match inherited {
-            Some(inherited) if inherited.instant() <= own => (
-                inherited,
-                Expiry::Deadline(inherited.instant().saturating_duration_since(now)),
-            ),
-            _ => (
-                Deadline::at(own),
-                match self.kind {
-                    Kind::Total => Expiry::Deadline(self.limit),
-                    Kind::Attempt => Expiry::Attempt(self.limit),
-                },
-            ),
-        };
+        let (deadline, expiry) = Expiry::plan(inherited, now, self.limit, self.kind == Kind::Total);
         let inner = deadline.sync_scope_at(now, || self.inner.call(request));
         TimeoutFuture {
             inner: deadline.scope_exact(inner),
@@ -180,9 +167,42 @@ pin_project! {
 
 /// Which error a timer firing means, kept small: the error is built only if it fires.
 #[derive(Debug, Clone, Copy)]
-enum Expiry {
+pub(crate) enum Expiry {
+    /// The call's deadline passed; the duration is the budget it had.
     Deadline(Duration),
+    /// The attempt's own limit passed.
     Attempt(Duration),
+}
+
+impl Expiry {
+    /// The timer for a call made at `now` under `inherited`, limited to `limit` of its
+    /// own: the effective deadline and what its passing means. `total` says whether the
+    /// limit is the whole call's (its passing is the deadline's) or one attempt's.
+    #[inline]
+    pub(crate) fn plan(
+        inherited: Option<Deadline>,
+        now: Instant,
+        limit: Duration,
+        total: bool,
+    ) -> (Deadline, Expiry) {
+        let own = now + limit;
+        match inherited {
+            Some(inherited) if inherited.instant() <= own => (
+                inherited,
+                Expiry::Deadline(inherited.instant().saturating_duration_since(now)),
+            ),
+            _ if total => (Deadline::at(own), Expiry::Deadline(limit)),
+            _ => (Deadline::at(own), Expiry::Attempt(limit)),
+        }
+    }
+
+    /// The error its timer firing means.
+    pub(crate) fn error(self) -> ResilienceError {
+        match self {
+            Expiry::Deadline(budget) => ResilienceError::DeadlineExceeded { budget },
+            Expiry::Attempt(timeout) => ResilienceError::AttemptTimedOut { timeout },
+        }
+    }
 }
 
 impl<F, T, E> Future for TimeoutFuture<F>
@@ -202,11 +222,7 @@ where
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.instant())));
         ready!(sleep.as_mut().poll(cx));
-        let error = match *this.expiry {
-            Expiry::Deadline(budget) => ResilienceError::DeadlineExceeded { budget },
-            Expiry::Attempt(timeout) => ResilienceError::AttemptTimedOut { timeout },
-        };
-        Poll::Ready(Err(error.boxed()))
+        Poll::Ready(Err(this.expiry.error().boxed()))
     }
 }
 

@@ -1,17 +1,55 @@
 //! The recommended stacks, used the way Faultline's services use them.
+//!
+//! Every client scenario runs through both shapes of the same stack: the fused
+//! `ClientStack::layer` the services use, and `ClientStack::layered`, the separate layers
+//! composed in the same order. They must behave alike.
+
+#![allow(clippy::unwrap_used)] // scenarios run from the #[tokio::test]s: a failure should stop loudly
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use faultline_resilience::{
-    ClientConfig, ClientStack, Deadline, EdgeConfig, EdgeStack, HttpRejection, Jitter, Priority,
-    RateLimitConfig, RecoverLayer, ResilienceError, RetryIf, ShedConfig, State,
+    Classifier, ClientConfig, ClientStack, Deadline, EdgeConfig, EdgeStack, HttpRejection, Jitter,
+    Priority, RateLimitConfig, RecoverLayer, ResilienceError, RetryIf, RetrySafety, ShedConfig,
+    State,
 };
 use tokio::time::Instant;
-use tower::{BoxError, Layer, ServiceExt, service_fn};
+use tower::util::BoxCloneService;
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 
 const MS: Duration = Duration::from_millis(1);
+
+/// Which shape of the client stack a scenario runs through.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Fused,
+    Layered,
+}
+
+const SHAPES: [Shape; 2] = [Shape::Fused, Shape::Layered];
+
+impl Shape {
+    fn apply<S, C, I, Req>(
+        self,
+        stack: &ClientStack<C, I>,
+        inner: S,
+    ) -> BoxCloneService<Req, S::Response, BoxError>
+    where
+        S: Service<Req, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Response: Send + 'static,
+        C: Classifier<S::Response>,
+        I: RetrySafety<Req>,
+        Req: Clone + Send + 'static,
+    {
+        match self {
+            Shape::Fused => BoxCloneService::new(stack.layer(inner)),
+            Shape::Layered => BoxCloneService::new(stack.layered(inner)),
+        }
+    }
+}
 
 fn client_config() -> ClientConfig {
     let mut config = ClientConfig::default();
@@ -25,8 +63,7 @@ fn client_config() -> ClientConfig {
     config
 }
 
-#[tokio::test(start_paused = true)]
-async fn each_attempt_gets_the_remaining_budget_as_its_deadline() {
+async fn each_attempt_gets_the_remaining_budget_as_its_deadline_in(shape: Shape) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let attempts = Arc::new(AtomicU32::new(0));
     let inner = {
@@ -50,7 +87,7 @@ async fn each_attempt_gets_the_remaining_budget_as_its_deadline() {
     let stack = ClientStack::new("inventory", &client_config())
         .unwrap()
         .idempotent();
-    let svc = stack.layer(inner);
+    let svc = shape.apply(&stack, inner);
     let start = Instant::now();
     assert_eq!(svc.oneshot("MUG-04".to_owned()).await.unwrap(), "MUG-04");
 
@@ -64,8 +101,7 @@ async fn each_attempt_gets_the_remaining_budget_as_its_deadline() {
     assert_eq!(seen[2].1, MS * 300);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call() {
+async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call_in(shape: Shape) {
     let mut config = client_config();
     config.timeout.total_ms = 500;
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -81,10 +117,8 @@ async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call() {
             }
         })
     };
-    let svc = ClientStack::new("inventory", &config)
-        .unwrap()
-        .idempotent()
-        .layer(inner);
+    let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
+    let svc = shape.apply(&stack, inner);
     let start = Instant::now();
     let err = svc.oneshot(()).await.unwrap_err();
     assert_eq!(start.elapsed(), MS * 500);
@@ -97,8 +131,7 @@ async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call() {
 }
 
 #[cfg(feature = "tonic")]
-#[tokio::test(start_paused = true)]
-async fn the_deadline_reaches_the_callee_as_grpc_timeout() {
+async fn the_deadline_reaches_the_callee_as_grpc_timeout_in(shape: Shape) {
     // What the last hop of a gRPC client does: build the tonic request, stamp the deadline.
     let headers = Arc::new(Mutex::new(Vec::new()));
     let inner = {
@@ -124,8 +157,8 @@ async fn the_deadline_reaches_the_callee_as_grpc_timeout() {
         .unwrap()
         .classifier(faultline_resilience::GrpcClassifier)
         .idempotent();
-    let err = stack
-        .layer(inner)
+    let err = shape
+        .apply(&stack, inner)
         .oneshot("MUG-04".to_owned())
         .await
         .unwrap_err();
@@ -141,8 +174,7 @@ async fn the_deadline_reaches_the_callee_as_grpc_timeout() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_open_breaker_stops_retries_and_says_when_to_come_back() {
+async fn an_open_breaker_stops_retries_and_says_when_to_come_back_in(shape: Shape) {
     let mut config = client_config();
     config.breaker.window_size = 2;
     config.breaker.minimum_calls = 2;
@@ -157,7 +189,7 @@ async fn an_open_breaker_stops_retries_and_says_when_to_come_back() {
     };
     let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
     let mut events = stack.breaker().subscribe();
-    let err = stack.layer(inner).oneshot(()).await.unwrap_err();
+    let err = shape.apply(&stack, inner).oneshot(()).await.unwrap_err();
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -178,8 +210,9 @@ struct Authorize {
     amount_minor: i64,
 }
 
-#[tokio::test(start_paused = true)]
-async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated() {
+async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated_in(
+    shape: Shape,
+) {
     let received = Arc::new(Mutex::new(Vec::new()));
     let provider = {
         let received = received.clone();
@@ -201,7 +234,7 @@ async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_rep
         .retry_safety(RetryIf(|request: &Authorize| {
             request.idempotency_key.is_some()
         }));
-    let svc = stack.layer(provider);
+    let svc = shape.apply(&stack, provider);
 
     let keyed = Authorize {
         idempotency_key: Some("order-42".into()),
@@ -224,6 +257,215 @@ async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_rep
         1,
         "no key, no second charge attempt"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_attempt_gets_the_remaining_budget_as_its_deadline() {
+    for shape in SHAPES {
+        each_attempt_gets_the_remaining_budget_as_its_deadline_in(shape).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call() {
+    for shape in SHAPES {
+        the_total_deadline_caps_the_last_attempt_and_ends_the_call_in(shape).await;
+    }
+}
+
+#[cfg(feature = "tonic")]
+#[tokio::test(start_paused = true)]
+async fn the_deadline_reaches_the_callee_as_grpc_timeout() {
+    for shape in SHAPES {
+        the_deadline_reaches_the_callee_as_grpc_timeout_in(shape).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_stops_retries_and_says_when_to_come_back() {
+    for shape in SHAPES {
+        an_open_breaker_stops_retries_and_says_when_to_come_back_in(shape).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated() {
+    for shape in SHAPES {
+        adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated_in(shape)
+            .await;
+    }
+}
+
+/// Counts calls that were dropped before they finished (a cancelled hedge loser).
+struct CancelledOnDrop {
+    done: bool,
+    cancelled: Arc<AtomicU32>,
+}
+
+impl Drop for CancelledOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn a_slow_attempt_is_hedged_and_the_loser_cancelled_in(shape: Shape) {
+    let mut config = client_config();
+    config.hedge.enabled = true;
+    config.hedge.latency_percentile = 90.0;
+    config.hedge.min_samples = 10;
+    config.hedge.window_ms = 1_000;
+    config.retry.budget_percent = 100.0;
+    let calls = Arc::new(AtomicU32::new(0));
+    let cancelled = Arc::new(AtomicU32::new(0));
+    let inner = {
+        let (calls, cancelled) = (calls.clone(), cancelled.clone());
+        service_fn(move |_: ()| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            // The eleventh call is slow; every other one takes 10 ms.
+            let delay = if n == 10 { MS * 250 } else { MS * 10 };
+            let cancelled = cancelled.clone();
+            async move {
+                let mut guard = CancelledOnDrop {
+                    done: false,
+                    cancelled,
+                };
+                tokio::time::sleep(delay).await;
+                guard.done = true;
+                Ok::<u32, BoxError>(n)
+            }
+        })
+    };
+    let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
+    let svc = shape.apply(&stack, inner);
+    // Ten calls of 10 ms, then a period boundary, so the p90 (10 ms) is known.
+    for _ in 0..10 {
+        svc.clone().oneshot(()).await.unwrap();
+    }
+    tokio::time::advance(MS * 1_000).await;
+
+    let start = Instant::now();
+    let answer = svc.clone().oneshot(()).await.unwrap();
+    assert_eq!(answer, 11, "the hedge answered first");
+    // The hedge leaves at the p90 (10 ms, measured in histogram buckets, and rounded up
+    // to tokio's millisecond timer slots) and takes its own 10 ms.
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= MS * 20 && elapsed <= MS * 23,
+        "{shape:?}: answered after {elapsed:?}"
+    );
+    assert_eq!(
+        cancelled.load(Ordering::SeqCst),
+        1,
+        "the slow primary was cancelled"
+    );
+    assert_eq!(stack.breaker().state(), State::Closed);
+}
+
+async fn a_full_bulkhead_refuses_at_once_or_after_its_wait_in(shape: Shape) {
+    let mut config = client_config();
+    config.bulkhead.max_concurrent = 1;
+    let slow = service_fn(|_: ()| async {
+        tokio::time::sleep(MS * 100).await;
+        Ok::<(), BoxError>(())
+    });
+
+    // No waiting: a second call while the first holds the only slot is refused at once.
+    config.bulkhead.max_wait_ms = 0;
+    let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
+    let svc = shape.apply(&stack, slow);
+    let first = tokio::spawn(svc.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert!(matches!(
+        ResilienceError::find(&*err),
+        Some(ResilienceError::BulkheadFull { waited, .. }) if waited.is_zero()
+    ));
+    first.await.unwrap().unwrap();
+
+    // A bounded wait: the second call gets the slot when the first gives it back.
+    config.bulkhead.max_wait_ms = 150;
+    let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
+    let svc = shape.apply(&stack, slow);
+    let start = Instant::now();
+    let first = tokio::spawn(svc.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    svc.clone().oneshot(()).await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        MS * 200,
+        "100 ms waiting, then its own 100 ms"
+    );
+    first.await.unwrap().unwrap();
+
+    // A wait that runs out.
+    config.bulkhead.max_wait_ms = 50;
+    let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
+    let svc = shape.apply(&stack, slow);
+    let first = tokio::spawn(svc.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert!(matches!(
+        ResilienceError::find(&*err),
+        Some(ResilienceError::BulkheadFull { waited, .. }) if *waited == MS * 50
+    ));
+    first.await.unwrap().unwrap();
+}
+
+async fn the_throttle_refuses_locally_while_the_downstream_fails_in(shape: Shape) {
+    let mut config = client_config();
+    config.retry.max_attempts = 1;
+    config.throttle.enabled = true;
+    config.throttle.k = 2.0;
+    // Keep the breaker out of it: it would otherwise open first.
+    config.breaker.window_size = 1_000;
+    config.breaker.minimum_calls = 1_000;
+    let sent = Arc::new(AtomicU32::new(0));
+    let inner = {
+        let sent = sent.clone();
+        service_fn(move |_: ()| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), BoxError>("unavailable".into()) }
+        })
+    };
+    let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
+    let svc = shape.apply(&stack, inner);
+    let mut throttled = 0;
+    for _ in 0..200 {
+        let err = svc.clone().oneshot(()).await.unwrap_err();
+        if matches!(
+            ResilienceError::find(&*err),
+            Some(ResilienceError::Throttled)
+        ) {
+            throttled += 1;
+        }
+    }
+    // With no call accepted, the rejection probability is n / (n + 1) after n requests:
+    // almost everything after the first few is refused without leaving the process.
+    assert!(throttled >= 150, "only {throttled} of 200 refused locally");
+    assert_eq!(sent.load(Ordering::SeqCst) + throttled, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_attempt_is_hedged_and_the_loser_cancelled() {
+    for shape in SHAPES {
+        a_slow_attempt_is_hedged_and_the_loser_cancelled_in(shape).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_refuses_at_once_or_after_its_wait() {
+    for shape in SHAPES {
+        a_full_bulkhead_refuses_at_once_or_after_its_wait_in(shape).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_throttle_refuses_locally_while_the_downstream_fails() {
+    for shape in SHAPES {
+        the_throttle_refuses_locally_while_the_downstream_fails_in(shape).await;
+    }
 }
 
 #[test]

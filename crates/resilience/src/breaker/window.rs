@@ -67,10 +67,12 @@ impl Window {
     /// Records `outcome` at second `now_sec`; returns the new tally if it may have raised a
     /// rate (and `None` when nothing changed).
     /// Whether recording needs the current second.
+    #[inline]
     pub(super) fn is_timed(&self) -> bool {
         matches!(self, Self::Time(_))
     }
 
+    #[inline]
     pub(super) fn record(&self, outcome: u8, now_sec: u64) -> Option<Tally> {
         match self {
             Self::Count(window) => window.record(outcome),
@@ -114,6 +116,7 @@ pub(super) struct CountWindow {
 }
 
 impl CountWindow {
+    #[inline]
     fn record(&self, outcome: u8) -> Option<Tally> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let slot = &self.slots[index];
