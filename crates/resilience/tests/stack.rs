@@ -259,43 +259,6 @@ async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_rep
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn each_attempt_gets_the_remaining_budget_as_its_deadline() {
-    for shape in SHAPES {
-        each_attempt_gets_the_remaining_budget_as_its_deadline_in(shape).await;
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call() {
-    for shape in SHAPES {
-        the_total_deadline_caps_the_last_attempt_and_ends_the_call_in(shape).await;
-    }
-}
-
-#[cfg(feature = "tonic")]
-#[tokio::test(start_paused = true)]
-async fn the_deadline_reaches_the_callee_as_grpc_timeout() {
-    for shape in SHAPES {
-        the_deadline_reaches_the_callee_as_grpc_timeout_in(shape).await;
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_open_breaker_stops_retries_and_says_when_to_come_back() {
-    for shape in SHAPES {
-        an_open_breaker_stops_retries_and_says_when_to_come_back_in(shape).await;
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated() {
-    for shape in SHAPES {
-        adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated_in(shape)
-            .await;
-    }
-}
-
 /// Counts calls that were dropped before they finished (a cancelled hedge loser).
 struct CancelledOnDrop {
     done: bool,
@@ -447,25 +410,37 @@ async fn the_throttle_refuses_locally_while_the_downstream_fails_in(shape: Shape
     assert_eq!(sent.load(Ordering::SeqCst) + throttled, 200);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_attempt_is_hedged_and_the_loser_cancelled() {
-    for shape in SHAPES {
-        a_slow_attempt_is_hedged_and_the_loser_cancelled_in(shape).await;
-    }
+/// One `#[tokio::test]` per scenario, running it through each shape in turn.
+macro_rules! through_both_shapes {
+    ($($(#[$attr:meta])* $test:ident => $scenario:ident;)*) => {$(
+        $(#[$attr])*
+        #[tokio::test(start_paused = true)]
+        async fn $test() {
+            for shape in SHAPES {
+                $scenario(shape).await;
+            }
+        }
+    )*};
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_full_bulkhead_refuses_at_once_or_after_its_wait() {
-    for shape in SHAPES {
-        a_full_bulkhead_refuses_at_once_or_after_its_wait_in(shape).await;
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_throttle_refuses_locally_while_the_downstream_fails() {
-    for shape in SHAPES {
-        the_throttle_refuses_locally_while_the_downstream_fails_in(shape).await;
-    }
+through_both_shapes! {
+    each_attempt_gets_the_remaining_budget_as_its_deadline
+        => each_attempt_gets_the_remaining_budget_as_its_deadline_in;
+    the_total_deadline_caps_the_last_attempt_and_ends_the_call
+        => the_total_deadline_caps_the_last_attempt_and_ends_the_call_in;
+    #[cfg(feature = "tonic")]
+    the_deadline_reaches_the_callee_as_grpc_timeout
+        => the_deadline_reaches_the_callee_as_grpc_timeout_in;
+    an_open_breaker_stops_retries_and_says_when_to_come_back
+        => an_open_breaker_stops_retries_and_says_when_to_come_back_in;
+    adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated
+        => adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated_in;
+    a_slow_attempt_is_hedged_and_the_loser_cancelled
+        => a_slow_attempt_is_hedged_and_the_loser_cancelled_in;
+    a_full_bulkhead_refuses_at_once_or_after_its_wait
+        => a_full_bulkhead_refuses_at_once_or_after_its_wait_in;
+    the_throttle_refuses_locally_while_the_downstream_fails
+        => the_throttle_refuses_locally_while_the_downstream_fails_in;
 }
 
 #[test]
