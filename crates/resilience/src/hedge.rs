@@ -258,29 +258,14 @@ where
         };
 
         // When the timer fires, send the hedge if the budget allows.
-        if let Some(timer) = hedging.timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
-        {
-            match hedging
-                .spare
-                .as_mut()
-                .map(|(service, _)| service.poll_ready(cx))
-            {
-                Some(Poll::Pending) => {}
-                Some(Poll::Ready(Ok(()))) => {
-                    hedging.timer = None;
-                    if let Some((mut service, request)) = hedging.spare.take()
-                        && hedging.shared.budget.withdraw()
-                    {
-                        hedging.hedge_start = Instant::now();
-                        hedging.hedge = Some(Box::pin(service.call(request)));
-                    }
-                }
-                Some(Poll::Ready(Err(_))) | None => {
-                    hedging.timer = None;
-                    hedging.spare = None;
-                }
-            }
+        if let Some((mut service, request)) = due_spare(
+            &mut hedging.timer,
+            &mut hedging.spare,
+            &hedging.shared.budget,
+            cx,
+        ) {
+            hedging.hedge_start = Instant::now();
+            hedging.hedge = Some(Box::pin(service.call(request)));
         }
 
         if let Some(primary) = this.primary.as_mut().as_pin_mut()
@@ -327,5 +312,34 @@ where
             return Poll::Ready(Err(error));
         }
         Poll::Pending
+    }
+}
+
+/// The spare copy to send now, if any: its timer has fired, its service is ready and the
+/// budget has a token. Clears the timer (and the spare, if it will never be sent) once the
+/// hedge is decided. Shared by this layer and the fused client stack.
+pub(crate) fn due_spare<S, Req>(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    spare: &mut Option<(S, Req)>,
+    budget: &RetryBudget,
+    cx: &mut Context<'_>,
+) -> Option<(S, Req)>
+where
+    S: Service<Req>,
+{
+    if timer.as_mut()?.as_mut().poll(cx).is_pending() {
+        return None;
+    }
+    match spare.as_mut().map(|(service, _)| service.poll_ready(cx)) {
+        Some(Poll::Pending) => None,
+        Some(Poll::Ready(Ok(()))) => {
+            *timer = None;
+            spare.take().filter(|_| budget.withdraw())
+        }
+        Some(Poll::Ready(Err(_))) | None => {
+            *timer = None;
+            *spare = None;
+            None
+        }
     }
 }

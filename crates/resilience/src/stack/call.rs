@@ -44,7 +44,7 @@ use crate::bulkhead::{Acquire, Bulkhead, Slot};
 use crate::classify::{Classifier, classify};
 use crate::deadline::{Deadline, Scoped};
 use crate::error::ResilienceError;
-use crate::hedge::HedgeLayer;
+use crate::hedge::{HedgeLayer, due_spare};
 use crate::retry::{Progress, RetryRules, RetrySafety};
 use crate::throttle::AdaptiveThrottle;
 use crate::timeout::Expiry;
@@ -539,7 +539,7 @@ where
 }
 
 /// Sends the hedge when its timer fires, if the service is ready and the budget allows
-/// (as the hedge layer does).
+/// (the hedge layer's rule, [`due_spare`]).
 fn send_hedge<S, C, I, Req>(
     parts: &Parts<C, I>,
     hedging: &mut Hedging<S, Req>,
@@ -548,41 +548,25 @@ fn send_hedge<S, C, I, Req>(
 ) where
     S: Service<Req>,
 {
-    let Some(timer) = hedging.timer.as_mut() else {
+    let Some((mut service, request)) = due_spare(
+        &mut hedging.timer,
+        &mut hedging.spare,
+        &parts.retry.budget,
+        cx,
+    ) else {
         return;
     };
-    if timer.as_mut().poll(cx).is_pending() {
-        return;
-    }
-    match hedging
-        .spare
-        .as_mut()
-        .map(|(service, _)| service.poll_ready(cx))
-    {
-        Some(Poll::Pending) => {}
-        Some(Poll::Ready(Ok(()))) => {
-            hedging.timer = None;
-            if let Some((mut service, request)) = hedging.spare.take()
-                && parts.retry.budget.withdraw()
-            {
-                let now = Instant::now();
-                hedging.hedge_start = now;
-                match send(parts, &mut service, request, now, deadline) {
-                    Ok(sent) => {
-                        hedging.copy = Some(Box::pin(sent.future));
-                        hedging.permit = Some(sent.permit);
-                        hedging.throttled = sent.throttled;
-                        hedging.expiry = sent.expiry;
-                    }
-                    // Refused before it was sent: it failed while the primary runs.
-                    Err(refused) => hedging.failed = Some(refused),
-                }
-            }
+    let now = Instant::now();
+    hedging.hedge_start = now;
+    match send(parts, &mut service, request, now, deadline) {
+        Ok(sent) => {
+            hedging.copy = Some(Box::pin(sent.future));
+            hedging.permit = Some(sent.permit);
+            hedging.throttled = sent.throttled;
+            hedging.expiry = sent.expiry;
         }
-        Some(Poll::Ready(Err(_))) | None => {
-            hedging.timer = None;
-            hedging.spare = None;
-        }
+        // Refused before it was sent: it failed while the primary runs.
+        Err(refused) => hedging.failed = Some(refused),
     }
 }
 
