@@ -22,6 +22,16 @@ fn bare() -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> +
     service_fn(|request: u64| async move { Ok::<u64, BoxError>(request) })
 }
 
+/// A service whose future carries 512 bytes, about what a tonic unary call's future holds:
+/// it answers at once too, so the difference from [`bare`] is only the size every layer
+/// around it has to move.
+fn heavy() -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send {
+    service_fn(|request: u64| {
+        let payload = [request as u8; 512];
+        async move { Ok::<u64, BoxError>(u64::from(black_box(payload)[0]) + request) }
+    })
+}
+
 /// The smallest retry policy one would write with tower alone: up to three attempts,
 /// drawing on the same kind of budget, no backoff.
 #[derive(Clone)]
@@ -134,6 +144,30 @@ fn overhead(c: &mut Criterion) {
     );
     measure(&mut group, "full_client_stack", &rt, full);
     measure(&mut group, "full_stack_layer_by_layer", &rt, layered);
+    group.finish();
+
+    // The same comparison around an inner future of realistic size (see `heavy`).
+    let stock_heavy = ServiceBuilder::new()
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
+            500,
+        )))
+        .layer(tower::retry::RetryLayer::new(StockPolicy {
+            attempts: 0,
+            budget: Arc::new(TpsBudget::default()),
+        }))
+        .service(heavy());
+    let mut group = c.benchmark_group("per_call_512_byte_future");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    measure(&mut group, "bare_service", &rt, heavy());
+    measure(&mut group, "tower_timeout_retry", &rt, stock_heavy);
+    measure(&mut group, "full_client_stack", &rt, stack.layer(heavy()));
+    measure(
+        &mut group,
+        "full_stack_layer_by_layer",
+        &rt,
+        stack.layered(heavy()),
+    );
     group.finish();
 
     // What each of our layers costs alone over the bare service, to find the hot spots.
