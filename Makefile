@@ -10,7 +10,8 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/faultline/target
 CARGO ?= cargo
 
-.PHONY: demo test down deps build credentials lint status bench-outbox bench-auth
+.PHONY: demo test down deps build credentials lint status bench-outbox bench-auth \
+	bench-resilience bench-cache
 
 ## demo: start Postgres, Redis, the broker and the services; place three orders
 demo: deps build credentials
@@ -60,3 +61,13 @@ bench-outbox: deps
 ## bench-auth: token verification, policy decisions, and a handler with auth on and off
 bench-auth: deps
 	$(CARGO) bench -p faultline-auth --bench auth
+
+## bench-resilience: per-call overhead of the client stack (vs tower's Timeout + Retry) and
+## the breaker under 8 contending tasks (vs tower-resilience-circuitbreaker)
+bench-resilience:
+	$(CARGO) bench -p faultline-resilience
+
+## bench-cache: cache hit vs a raw Redis GET (own redis-server), and hash placement vs the
+## seed's MD5 ring
+bench-cache: deps
+	$(CARGO) bench -p faultline-cache
