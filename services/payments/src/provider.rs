@@ -353,7 +353,9 @@ mod tests {
             failure_rate: 0.5,
         });
         let mut config = ClientConfig::default();
-        config.retry.max_attempts = 10;
+        // At a 50 % failure rate a key fails for good with probability 2^-attempts: with
+        // 10 attempts this test would fail one run in fifty; with 30, never in practice.
+        config.retry.max_attempts = 30;
         config.retry.initial_backoff_ms = 1;
         config.retry.max_backoff_ms = 2;
         config.breaker.minimum_calls = 1_000;
