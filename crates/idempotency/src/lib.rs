@@ -26,7 +26,7 @@ pub mod reaper;
 pub mod store;
 
 pub use fingerprint::Fingerprint;
-pub use key::{IdempotencyKey, KeyError};
+pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
 pub use store::{Claim, IdempotencyConfig, Lease, LeaseError, STARTED, Store, StoredResponse};
 
 use sqlx::PgPool;

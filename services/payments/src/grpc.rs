@@ -107,15 +107,12 @@ impl<P: PaymentProvider + 'static> PaymentsService for PaymentsGrpc<P> {
             GrpcClaim::Owned(lease) => lease,
         };
         let outcome = async {
+            // The final transaction opens only once the provider has answered: a connection
+            // held idle across that call would let a burst of requests drain the pool.
+            let decided =
+                payments::decide(&self.pool, self.provider.as_ref(), &mut lease, &request).await?;
             let mut tx = self.pool.begin().await?;
-            let authorization = payments::authorize(
-                &self.pool,
-                self.provider.as_ref(),
-                &mut lease,
-                &request,
-                &mut tx,
-            )
-            .await?;
+            let authorization = payments::record(&mut tx, decided).await?;
             Ok::<_, PaymentError>((tx, authorize_response(&authorization)))
         }
         .await;

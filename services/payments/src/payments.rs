@@ -4,16 +4,13 @@
 //! gRPC `Authorize` and the Kafka `AuthorizePayment` command both end in [`authorize`], and
 //! every function runs inside the caller's transaction.
 
-use faultline_idempotency::{Fingerprint, Lease, LeaseError, STARTED};
+use faultline_idempotency::{Fingerprint, IdempotencyKey, Lease, LeaseError, STARTED};
 use faultline_proto::contract::validate_currency;
 use sqlx::{FromRow, PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::provider::{PaymentProvider, ProviderDecision, ProviderError, ProviderRequest};
-
-/// Longest idempotency key accepted.
-pub const MAX_KEY_LEN: usize = 255;
 
 /// A request to hold funds for an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,14 +30,16 @@ pub struct AuthorizeRequest {
 impl AuthorizeRequest {
     /// Checks every field; the error names the field and the rule.
     pub fn validate(&self) -> Result<(), String> {
+        // The idempotency store's own rule, and the key exactly as the store keeps it (no
+        // quotes or spaces to strip): the payment row, the provider and the key table must
+        // all see the same key, or a retry cannot find what the first attempt wrote.
         let key = &self.idempotency_key;
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Err(format!(
-                "idempotency_key must be 1 to {MAX_KEY_LEN} characters"
-            ));
-        }
-        if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("idempotency_key may only contain visible ASCII characters".into());
+        match IdempotencyKey::parse(key) {
+            Ok(parsed) if parsed.as_str() == key => {}
+            Ok(_) => {
+                return Err("idempotency_key must not be quoted or padded with spaces".into());
+            }
+            Err(error) => return Err(format!("idempotency_key: {error}")),
         }
         if self.customer_id.trim().is_empty() {
             return Err("customer_id must not be empty".into());
@@ -214,7 +213,10 @@ impl AuthorizeRequest {
 ///
 /// A retry after a crash in step 2 or 3 takes the key over at `payment_created` and resumes
 /// at step 2.
-#[tracing::instrument(name = "payment authorize", skip_all, fields(order.id = %request.order_id, payment.recovery_point = lease.recovery_point()))]
+///
+/// [`decide`] and [`record`] are the two halves, for a caller that should open its final
+/// transaction only once the provider has answered (the gRPC door: holding a connection
+/// idle across the provider call would let a burst of requests exhaust the pool).
 pub async fn authorize<P: PaymentProvider>(
     pool: &PgPool,
     provider: &P,
@@ -222,6 +224,32 @@ pub async fn authorize<P: PaymentProvider>(
     request: &AuthorizeRequest,
     finish: &mut PgConnection,
 ) -> Result<Authorization, PaymentError> {
+    let decided = decide(pool, provider, lease, request).await?;
+    record(finish, decided).await
+}
+
+/// The provider's answer for a key, or the one already recorded under it.
+#[derive(Debug)]
+pub enum Decided {
+    /// Recorded before (under this key, before it expired or during an earlier attempt).
+    Replay(Authorization),
+    /// Fresh from the provider; [`record`] writes it.
+    Fresh {
+        /// The pending payment it decides.
+        payment_id: Uuid,
+        /// What the provider said.
+        decision: ProviderDecision,
+    },
+}
+
+/// Steps 1 and 2 of [`authorize`], on connections of their own from `pool`.
+#[tracing::instrument(name = "payment authorize", skip_all, fields(order.id = %request.order_id, payment.recovery_point = lease.recovery_point()))]
+pub async fn decide<P: PaymentProvider>(
+    pool: &PgPool,
+    provider: &P,
+    lease: &mut Lease,
+    request: &AuthorizeRequest,
+) -> Result<Decided, PaymentError> {
     let payment_id = match lease.recovery_point() {
         STARTED => {
             let mut tx = pool.begin().await?;
@@ -229,14 +257,14 @@ pub async fn authorize<P: PaymentProvider>(
             let payment_id = match pending {
                 Pending::Created(id) => id,
                 // Decided under this key before the key itself was forgotten (expired).
-                Pending::Decided(existing) => return existing.replay(request),
+                Pending::Decided(existing) => return existing.replay(request).map(Decided::Replay),
             };
             lease.checkpoint(&mut tx, PAYMENT_CREATED).await?;
             tx.commit().await?;
             payment_id
         }
         PAYMENT_CREATED => {
-            let existing = by_key(&mut *finish, &request.idempotency_key)
+            let existing = by_key(&mut *pool.acquire().await?, &request.idempotency_key)
                 .await?
                 .ok_or_else(|| {
                     PaymentError::Corrupt(format!(
@@ -245,7 +273,7 @@ pub async fn authorize<P: PaymentProvider>(
                     ))
                 })?;
             if existing.status != "pending" {
-                return existing.replay(request);
+                return existing.replay(request).map(Decided::Replay);
             }
             existing.id
         }
@@ -284,7 +312,25 @@ pub async fn authorize<P: PaymentProvider>(
             psp.record("otel.status_code", "ERROR");
         }
     }
-    let decision = decision?;
+    Ok(Decided::Fresh {
+        payment_id,
+        decision: decision?,
+    })
+}
+
+/// Step 3 of [`authorize`]: records a fresh decision in `finish`, the caller's final
+/// transaction, and returns the answer.
+pub async fn record(
+    finish: &mut PgConnection,
+    decided: Decided,
+) -> Result<Authorization, PaymentError> {
+    let (payment_id, decision) = match decided {
+        Decided::Replay(authorization) => return Ok(authorization),
+        Decided::Fresh {
+            payment_id,
+            decision,
+        } => (payment_id, decision),
+    };
     record_decision(finish, payment_id, &decision).await?;
     Ok(match decision {
         ProviderDecision::Approved { .. } => Authorization::Authorized { payment_id },
@@ -442,14 +488,21 @@ mod tests {
             ),
             (
                 AuthorizeRequest {
-                    idempotency_key: "a b".into(),
+                    idempotency_key: "a/b".into(),
                     ..request()
                 },
-                "visible ASCII",
+                "may only contain",
             ),
             (
                 AuthorizeRequest {
-                    idempotency_key: "k".repeat(MAX_KEY_LEN + 1),
+                    idempotency_key: "\"k-1\"".into(),
+                    ..request()
+                },
+                "quoted",
+            ),
+            (
+                AuthorizeRequest {
+                    idempotency_key: "k".repeat(faultline_idempotency::MAX_KEY_LEN + 1),
                     ..request()
                 },
                 "idempotency_key",
