@@ -367,6 +367,11 @@ impl Orchestrator {
         for command in &transition.commands {
             self.send(tx, order_id, &row.order, *command, cause).await?;
         }
+        // Counted once every write of the transition has succeeded, so a failed step (rolled
+        // back and redelivered) is not counted twice; only a failed commit still can be.
+        if let Some(decision) = &transition.decision {
+            self.metrics.record(decision, row.order.created_at);
+        }
         Ok(Applied::Changed {
             state: next.state,
             decision: transition.decision,
@@ -392,7 +397,6 @@ impl Orchestrator {
     ) -> Result<(), sqlx::Error> {
         let topic = &self.topics.orders_events;
         let provenance = Self::provenance(order_id, cause);
-        self.metrics.record(decision, order.created_at);
         match decision {
             Decision::Confirm => {
                 sqlx::query(
