@@ -26,9 +26,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Unit;
 use prost::{Message, Name};
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, FutureProducer, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -154,6 +153,11 @@ impl Messaging {
         let stop = life.background();
         let producer: FutureProducer =
             producer_config(&kafka.brokers, &format!("{}-relay", wiring.service)).create()?;
+        // The readiness probe asks the relay's own client, for one of this service's topics:
+        // no extra client (with its threads and connections), and no metadata for every
+        // topic in the cluster on each probe.
+        let probe = producer.clone();
+        let probe_topic = dead_letters.clone();
         let relay = Relay::new(life.pool.clone(), producer, RelayConfig::default());
         let relay = tokio::spawn(relay.run(stop.clone()));
 
@@ -174,17 +178,13 @@ impl Messaging {
             stop.clone(),
         ));
 
-        let probe: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .create()?;
-        let probe = Arc::new(probe);
         life.health.add_check("kafka", move || {
-            let probe = probe.clone();
+            let (probe, topic) = (probe.clone(), probe_topic.clone());
             async move {
                 tokio::task::spawn_blocking(move || {
                     probe
                         .client()
-                        .fetch_metadata(None, Duration::from_millis(800))
+                        .fetch_metadata(Some(&topic), Duration::from_millis(800))
                         .map(|_| ())
                         .map_err(|e| format!("broker metadata unreachable: {e}"))
                 })
