@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use sqlx::PgPool;
@@ -153,16 +153,13 @@ fn repo_root() -> PathBuf {
 impl System {
     /// Starts inventory, payments and checkout and waits until all three are ready.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-        let run_id = format!("e2e_{}_{}", std::process::id(), nanos % 1_000_000_000);
-        let postgres_url = std::env::var("FAULTLINE_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        let brokers = match &options.brokers {
-            Some(brokers) => brokers.clone(),
-            None => {
-                std::env::var("FAULTLINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-            }
-        };
+        // With a counter: several systems start at once in one test binary.
+        let run_id = faultline_testkit::unique("e2e");
+        let postgres_url = faultline_testkit::postgres_server();
+        let brokers = options
+            .brokers
+            .clone()
+            .unwrap_or_else(faultline_testkit::kafka_brokers);
         let database_proxy = match options.database_proxy {
             Some(_) => {
                 let target = postgres_url
