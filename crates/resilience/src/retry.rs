@@ -214,38 +214,34 @@ impl<C, I> RetryRules<C, I> {
         self.copy(progress, request)
     }
 
-    /// The copy of `request` to send next time, or `None` when it will never be sent again
-    /// (no attempts left, or not safe to repeat): no copy is made for nothing.
+    /// The copy of `request` for another attempt after the one about to be made, or `None`
+    /// when there will be none (that attempt is the last, or the request is not safe to
+    /// repeat): no copy is made for nothing.
     #[inline]
     pub(crate) fn copy<Req: Clone>(&self, progress: &Progress, request: &Req) -> Option<Req>
     where
         I: RetrySafety<Req>,
     {
-        (progress.attempts < self.max_attempts && self.safety.is_retry_safe(request))
+        (progress.attempts + 1 < self.max_attempts && self.safety.is_retry_safe(request))
             .then(|| request.clone())
     }
 
-    /// Judges an attempt's `result` (of a request that had a copy made): `Some(wait)` to try
-    /// again after `wait`, `None` to hand `result` to the caller. A retry the budget refuses
-    /// turns the error into
-    /// [`ResilienceError::BudgetExhausted`]. `deadline` is the call's: an attempt that could
-    /// not start before it is not waited for.
-    pub(crate) fn after<Req, Res>(
+    /// Judges an attempt's `result`: `Some(wait)` to try again after `wait`, `None` to hand
+    /// `result` to the caller. Called only for a request that got a [`copy`](Self::copy),
+    /// which settled that it is safe to repeat. A retry the budget refuses turns the error
+    /// into [`ResilienceError::BudgetExhausted`]. `deadline` is the call's: an attempt that
+    /// could not start before it is not waited for.
+    pub(crate) fn after<Res>(
         &self,
         progress: &mut Progress,
-        request: &Req,
         result: &mut Result<Res, BoxError>,
         deadline: Option<Deadline>,
     ) -> Option<Duration>
     where
         C: Classifier<Res>,
-        I: RetrySafety<Req>,
     {
         progress.attempts += 1;
         let class = classify(&self.classifier, result.as_ref().map_err(|e| &**e))?;
-        if !self.safety.is_retry_safe(request) {
-            return None;
-        }
         match self.next_delay(progress, class, deadline) {
             Decision::Stop => None,
             Decision::Wait(delay) => Some(delay),
@@ -311,11 +307,12 @@ where
 
     fn retry(
         &mut self,
-        request: &mut Req,
+        // tower asks only when `clone_request` made a copy: the request is safe to repeat.
+        _request: &mut Req,
         result: &mut Result<Res, BoxError>,
     ) -> Option<Self::Future> {
         self.rules
-            .after(&mut self.progress, request, result, Deadline::current())
+            .after(&mut self.progress, result, Deadline::current())
             .map(|delay| Box::pin(tokio::time::sleep(delay)))
     }
 

@@ -313,7 +313,6 @@ fn validation_names_the_setting() {
         ..BreakerConfig::default()
     };
     assert!(time.validate("X").is_ok());
-    let _ = AllErrorsTransient;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -407,6 +407,7 @@ async fn the_throttle_refuses_locally_while_the_downstream_fails_in(shape: Shape
     // With no call accepted, the rejection probability is n / (n + 1) after n requests:
     // almost everything after the first few is refused without leaving the process.
     assert!(throttled >= 150, "only {throttled} of 200 refused locally");
+    // A refused call never reaches the downstream: every call was either sent or refused.
     assert_eq!(sent.load(Ordering::SeqCst) + throttled, 200);
 }
 

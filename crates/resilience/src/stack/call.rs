@@ -683,10 +683,9 @@ where
                         Poll::Ready(result) => result,
                         Poll::Pending => break,
                     };
-                    if let Some(request) = call.request.as_ref()
+                    if call.request.is_some()
                         && let Some(delay) = call.parts.retry.after(
                             &mut call.progress,
-                            request,
                             &mut result,
                             Some(call.deadline),
                         )
