@@ -13,11 +13,10 @@ use faultline_auth::{ClientTls, set_on_behalf_of};
 use faultline_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use faultline_proto::inventory::v1::{GetProductsRequest, GetProductsResponse};
 use faultline_resilience::{
-    CircuitBreaker, ClientStack, Deadline, GrpcClassifier, ResilienceError,
+    CircuitBreaker, ClientStack, Deadline, ErrorClass, GrpcClassifier, ResilienceError,
 };
 use faultline_telemetry::grpc_client::GrpcClientLayer;
 use faultline_telemetry::metrics::Metrics;
-use tonic::Code;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 
@@ -150,14 +149,14 @@ fn catalog_error(error: BoxError) -> CatalogError {
     if let Some(refused) = ResilienceError::find(&*error) {
         return CatalogError::Unavailable(refused.to_string());
     }
+    // The stack's own classifier decides, so the answer agrees with what it retried and
+    // what the breaker counted: what could pass is "unavailable", the rest a failure.
     match error.downcast_ref::<tonic::Status>() {
-        Some(status) => match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
-                CatalogError::Unavailable(status.message().to_owned())
+        Some(status) => match GrpcClassifier::classify_status(status) {
+            ErrorClass::Transient { .. } => CatalogError::Unavailable(status.message().to_owned()),
+            ErrorClass::Permanent | ErrorClass::CallerError => {
+                CatalogError::Failed(status.to_string())
             }
-            // A transport failure (connection refused) arrives as Unknown or Cancelled.
-            Code::Unknown | Code::Cancelled => CatalogError::Unavailable(status.to_string()),
-            _ => CatalogError::Failed(status.to_string()),
         },
         None => CatalogError::Unavailable(error.to_string()),
     }
