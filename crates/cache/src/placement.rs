@@ -82,8 +82,24 @@ mod tests {
         // Changing it moves every key in every deployment: this test must never be edited to
         // pass, only the hash restored.
         assert_eq!(key_hash(b""), 0x2d06_8005_38d3_94c2);
-        assert_eq!(key_hash(b"LAMP-01"), key_hash(b"LAMP-01"));
+        assert_eq!(key_hash(b"LAMP-01"), 0x0b52_8e24_132f_dca0);
         assert_ne!(key_hash(b"LAMP-01"), key_hash(b"LAMP-02"));
+    }
+
+    #[test]
+    fn which_node_holds_a_key_is_pinned() {
+        // The other half of placement: the node scores. Same rule as above.
+        let nodes = [
+            "redis://10.0.0.1:6379",
+            "redis://10.0.0.2:6379",
+            "redis://10.0.0.3:6379",
+        ];
+        let placement = Rendezvous::new(&nodes);
+        let placed: Vec<usize> = ["LAMP-01", "CHAIR-02", "DESK-03", "MUG-04", "SKU-5"]
+            .iter()
+            .map(|sku| placement.node(key_hash(sku.as_bytes())))
+            .collect();
+        assert_eq!(placed, [1, 2, 1, 0, 1]);
     }
 
     #[test]
