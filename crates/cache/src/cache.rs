@@ -279,20 +279,22 @@ impl<V: CacheValue> Cache<V> {
     /// retry (do not acknowledge the event yet).
     pub async fn invalidate(&self, key: &str) -> Result<(), InvalidateError> {
         let inner = &*self.inner;
+        let resolved = inner.space.resolve(key);
+        if let Some(node) = inner.nodes.get(inner.placement.node(resolved.hash)) {
+            node.delete(&[&resolved.value, &resolved.lease()])
+                .await
+                .map_err(|source| InvalidateError {
+                    key: key.to_owned(),
+                    source,
+                })?;
+        }
+        // Redis first, then L1: the other way round, a read in this process between the
+        // two could copy the old Redis value back into L1 for another L1 TTL.
         if let Some(l1) = &inner.l1 {
             l1.invalidate(key).await;
         }
         bump(&inner.stats.invalidations);
-        let resolved = inner.space.resolve(key);
-        let Some(node) = inner.nodes.get(inner.placement.node(resolved.hash)) else {
-            return Ok(());
-        };
-        node.delete(&[&resolved.value, &resolved.lease()])
-            .await
-            .map_err(|source| InvalidateError {
-                key: key.to_owned(),
-                source,
-            })
+        Ok(())
     }
 
     /// The configured nodes (passwords removed), in configuration order.
