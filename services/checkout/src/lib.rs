@@ -204,16 +204,18 @@ const KEY_CENSUS_INTERVAL: Duration = Duration::from_secs(60);
 /// Counts the catalog cache's keys on each Redis node every minute, for the
 /// `faultline_cache_node_keys` gauge: how evenly rendezvous hashing spreads them. A `SCAN`
 /// walks a node's whole key space, which is why it runs this rarely.
+/// The first count waits a whole interval: every replica starting at once (a deploy) would
+/// otherwise scan every node at the same moment.
 async fn count_cache_keys(cache: Cache<CatalogItem>, shutdown: CancellationToken) {
     loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(KEY_CENSUS_INTERVAL) => {}
+        }
         for (node, count) in cache.nodes().iter().zip(cache.keys_per_node().await) {
             if let Err(error) = count {
                 tracing::debug!(%node, %error, "cache keys not counted");
             }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(KEY_CENSUS_INTERVAL) => {}
         }
     }
 }
