@@ -428,8 +428,11 @@ impl Relay {
                 key: "type",
                 value: Some(row.message_type.as_str()),
             });
+        // The row's own trace headers are replaced by the relay span's context, which is
+        // their child; without one (no OpenTelemetry here) they go out as written, so the
+        // consumer still joins the writer's trace.
         for (key, value) in row.headers.iter() {
-            if !trace::TRACE_HEADERS.contains(&key.as_str()) {
+            if carried.is_empty() || !trace::TRACE_HEADERS.contains(&key.as_str()) {
                 headers = headers.insert(Header {
                     key: key.as_str(),
                     value: Some(value.as_str()),
