@@ -117,11 +117,9 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Exports what is still queued and stops the exporter.
+    /// Exports what is still queued and stops the exporter. (The SDK's shutdown flushes
+    /// first; flushing separately would wait twice on an unreachable collector.)
     pub fn shutdown(self) {
-        if let Err(error) = self.provider.force_flush() {
-            tracing::warn!(%error, "span flush failed");
-        }
         if let Err(error) = self.provider.shutdown() {
             tracing::warn!(%error, "tracer shutdown failed");
         }
