@@ -466,9 +466,11 @@ impl Problem {
 }
 
 impl ApiError {
-    fn problem(self) -> Problem {
+    /// The problem to answer with; a policy refusal is the auth crate's to render (with its
+    /// RFC 6750 challenge), so it comes back as it is.
+    fn problem(self) -> Result<Problem, Forbidden> {
         use StatusCode as S;
-        match self {
+        Ok(match self {
             Self::Body(rejection) => {
                 let detail = rejection.body_text();
                 match rejection {
@@ -587,25 +589,22 @@ impl ApiError {
                 "A dependency is unavailable; retry later",
                 detail,
             ),
-            Self::Forbidden(forbidden) => {
-                Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", forbidden.reason)
-            }
+            Self::Forbidden(forbidden) => return Err(forbidden),
             Self::Internal => Problem::new(
                 S::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
                 "the request failed; it has been logged".into(),
             ),
-        }
+        })
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // The auth crate renders its own refusals, with the RFC 6750 challenge.
-        let problem = match self {
-            Self::Forbidden(forbidden) => return forbidden.into_response(),
-            other => other.problem(),
+        let problem = match self.problem() {
+            Ok(problem) => problem,
+            Err(forbidden) => return forbidden.into_response(),
         };
         let status = problem.status;
         let retry_after = problem.retry_after_secs.or(match status {
