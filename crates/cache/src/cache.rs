@@ -444,7 +444,8 @@ impl<V: CacheValue> Inner<V> {
     }
 
     /// The miss path, run once per flight: look again (a flight that just finished may have
-    /// stored the value), then load under the lease or wait for its holder.
+    /// stored the value, and later whoever holds the lease), then load under the lease, or
+    /// wait for its holder a bounded time.
     async fn after_miss<F, Fut, E>(
         &self,
         key: &str,
@@ -456,16 +457,43 @@ impl<V: CacheValue> Inner<V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>>,
     {
-        match node.get(&resolved.value).await {
-            Ok(bytes) => {
-                if let Some(entry) = self.decode(node, resolved, bytes).await {
-                    self.remember(key, &entry.value).await;
-                    return Ok(entry.value);
+        let token = token();
+        let deadline = tokio::time::Instant::now() + self.settings.lease_wait;
+        let mut waited = false;
+        loop {
+            match node.get(&resolved.value).await {
+                Ok(bytes) => {
+                    if let Some(entry) = self.decode(node, resolved, bytes).await {
+                        self.remember(key, &entry.value).await;
+                        return Ok(entry.value);
+                    }
                 }
+                Err(_) => return self.bypass_counted(key, load).await,
             }
-            Err(_) => return self.bypass_counted(key, load).await,
+            match node
+                .acquire(&resolved.lease(), &token, self.settings.lease_ttl_ms)
+                .await
+            {
+                Ok(true) => {
+                    bump(&self.stats.leases_acquired);
+                    return self.load_and_store(key, node, resolved, &token, load).await;
+                }
+                Ok(false) => {
+                    if !waited {
+                        bump(&self.stats.leases_busy);
+                        waited = true;
+                    }
+                }
+                Err(_) => return self.bypass_counted(key, load).await,
+            }
+            // Another process is loading: wait for its value, a bounded time.
+            if tokio::time::Instant::now() + self.settings.lease_poll > deadline {
+                bump(&self.stats.lease_wait_timeouts);
+                let (result, _) = self.load_timed(load).await;
+                return result;
+            }
+            tokio::time::sleep(self.settings.lease_poll).await;
         }
-        self.load_under_lease(key, node, resolved, load).await
     }
 
     /// Decodes what Redis held; bytes that do not decode are counted, deleted (unless
@@ -593,56 +621,5 @@ impl<V: CacheValue> Inner<V> {
             }
         }
         Ok(value)
-    }
-
-    /// A miss: load under the lease, or wait for whoever holds it.
-    async fn load_under_lease<F, Fut, E>(
-        &self,
-        key: &str,
-        node: &Node,
-        resolved: &ResolvedKey<'_>,
-        load: F,
-    ) -> Result<Option<V>, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<V>, E>>,
-    {
-        let token = token();
-        let deadline = tokio::time::Instant::now() + self.settings.lease_wait;
-        let mut waited = false;
-        loop {
-            match node
-                .acquire(&resolved.lease(), &token, self.settings.lease_ttl_ms)
-                .await
-            {
-                Ok(true) => {
-                    bump(&self.stats.leases_acquired);
-                    return self.load_and_store(key, node, resolved, &token, load).await;
-                }
-                Ok(false) => {
-                    if !waited {
-                        bump(&self.stats.leases_busy);
-                        waited = true;
-                    }
-                }
-                Err(_) => return self.bypass_counted(key, load).await,
-            }
-            // Another process is loading: wait for its value, a bounded time.
-            if tokio::time::Instant::now() + self.settings.lease_poll > deadline {
-                bump(&self.stats.lease_wait_timeouts);
-                let (result, _) = self.load_timed(load).await;
-                return result;
-            }
-            tokio::time::sleep(self.settings.lease_poll).await;
-            match node.get(&resolved.value).await {
-                Ok(bytes) => {
-                    if let Some(entry) = self.decode(node, resolved, bytes).await {
-                        self.remember(key, &entry.value).await;
-                        return Ok(entry.value);
-                    }
-                }
-                Err(_) => return self.bypass_counted(key, load).await,
-            }
-        }
     }
 }
