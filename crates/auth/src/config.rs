@@ -4,7 +4,7 @@
 //! [`crate::MtlsSettings`]) validates itself given the environment-variable path of the
 //! section it sits in (`CHECKOUT_AUTH`, say), so the error names the variable to fix:
 //! `CHECKOUT_AUTH__JWKS`. The crate does not depend on a config loader; a service maps this
-//! error into its own (`faultline_platform::config::ConfigError::invalid(e.setting, e.reason)`).
+//! error into its own (`faultline_platform::config::ConfigError` converts it with `?`).
 
 /// A setting with a value that cannot work, named as its environment variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

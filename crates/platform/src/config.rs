@@ -39,6 +39,20 @@ impl ConfigError {
     }
 }
 
+/// The shared crates validate their own sections and name the setting the same way; `?`
+/// turns their errors into this one.
+impl From<faultline_resilience::ConfigError> for ConfigError {
+    fn from(error: faultline_resilience::ConfigError) -> Self {
+        Self::invalid(error.setting, error.reason)
+    }
+}
+
+impl From<faultline_auth::InvalidSetting> for ConfigError {
+    fn from(error: faultline_auth::InvalidSetting) -> Self {
+        Self::invalid(error.setting, error.reason)
+    }
+}
+
 /// Loads `T` from its defaults, the optional file and the environment (see the module docs).
 pub fn load<T>(prefix: &str) -> Result<T, ConfigError>
 where

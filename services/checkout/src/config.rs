@@ -165,23 +165,12 @@ impl Config {
         }
         self.inventory
             .resilience
-            .validate(&format!("{PREFIX}_INVENTORY__RESILIENCE"))
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
-        self.edge
-            .validate(&format!("{PREFIX}_EDGE"))
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
-        self.cache
-            .validate(&format!("{PREFIX}_CACHE"))
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
-        self.auth
-            .validate(&format!("{PREFIX}_AUTH"))
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
-        self.policy
-            .validate(&format!("{PREFIX}_POLICY"))
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
-        self.mtls
-            .validate(&format!("{PREFIX}_MTLS"))
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+            .validate(&format!("{PREFIX}_INVENTORY__RESILIENCE"))?;
+        self.edge.validate(&format!("{PREFIX}_EDGE"))?;
+        self.cache.validate(&format!("{PREFIX}_CACHE"))?;
+        self.auth.validate(&format!("{PREFIX}_AUTH"))?;
+        self.policy.validate(&format!("{PREFIX}_POLICY"))?;
+        self.mtls.validate(&format!("{PREFIX}_MTLS"))?;
         self.idempotency
             .validate(&format!("{PREFIX}_IDEMPOTENCY"))
             .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_IDEMPOTENCY"), reason))?;

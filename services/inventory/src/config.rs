@@ -54,10 +54,7 @@ impl Config {
         config.database.validate(PREFIX)?;
         config.kafka.validate(PREFIX)?;
         config.lifecycle.validate(PREFIX)?;
-        config
-            .mtls
-            .validate(&format!("{PREFIX}_MTLS"))
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        config.mtls.validate(&format!("{PREFIX}_MTLS"))?;
         Ok(config)
     }
 }

@@ -84,10 +84,7 @@ impl Config {
         config.database.validate(PREFIX)?;
         config.kafka.validate(PREFIX)?;
         config.lifecycle.validate(PREFIX)?;
-        config
-            .mtls
-            .validate(&format!("{PREFIX}_MTLS"))
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+        config.mtls.validate(&format!("{PREFIX}_MTLS"))?;
         config
             .idempotency
             .validate(&format!("{PREFIX}_IDEMPOTENCY"))
@@ -100,8 +97,7 @@ impl Config {
         config
             .provider
             .resilience
-            .validate(&format!("{PREFIX}_PROVIDER__RESILIENCE"))
-            .map_err(|e| ConfigError::invalid(e.setting, e.reason))?;
+            .validate(&format!("{PREFIX}_PROVIDER__RESILIENCE"))?;
         if config.provider.decline_above_minor < 0 {
             return Err(ConfigError::invalid(
                 format!("{PREFIX}_PROVIDER__DECLINE_ABOVE_MINOR"),
