@@ -397,13 +397,14 @@ impl CircuitBreaker {
         loop {
             let word = shared.state.load(Ordering::Acquire);
             let (generation, state) = decode(word);
-            let permit = Permit {
+            // Built (and, with `stamp`, the clock read) only for an admitted call.
+            let permit = || Permit {
                 generation,
                 state,
                 start: stamp.then(Instant::now),
             };
             match state {
-                State::Closed | State::ForcedClosed => return Ok(permit),
+                State::Closed | State::ForcedClosed => return Ok(permit()),
                 State::ForcedOpen => return Err(shared.refuse(shared.settings.open_wait)),
                 State::Open => {
                     let until = shared.open_until.load(Ordering::Acquire);
@@ -420,7 +421,7 @@ impl CircuitBreaker {
                         |left| left.checked_sub(1),
                     );
                     return match taken {
-                        Ok(_) => Ok(permit),
+                        Ok(_) => Ok(permit()),
                         Err(_) => Err(shared.refuse(Duration::ZERO)),
                     };
                 }
