@@ -141,13 +141,14 @@ struct Material {
     digest: String,
 }
 
-fn read_material(settings: &MtlsSettings) -> Result<Material, TlsError> {
+/// The CA, certificate and key files, read once (contents and digest).
+fn read_files(settings: &MtlsSettings) -> Result<watch::Snapshot, TlsError> {
     let paths = [
         settings.ca_file.clone(),
         settings.cert_file.clone(),
         settings.key_file.clone(),
     ];
-    let snapshot = watch::snapshot(&paths).map_err(|source| TlsError::Read {
+    watch::snapshot(&paths).map_err(|source| TlsError::Read {
         // The error does not say which file; name the first that is not readable.
         path: paths
             .iter()
@@ -155,7 +156,11 @@ fn read_material(settings: &MtlsSettings) -> Result<Material, TlsError> {
             .unwrap_or(&paths[0])
             .clone(),
         source,
-    })?;
+    })
+}
+
+/// Parses what [`read_files`] read.
+fn material(settings: &MtlsSettings, snapshot: watch::Snapshot) -> Result<Material, TlsError> {
     let [ca, cert, key] = &snapshot.files[..] else {
         return Err(TlsError::Pem {
             path: settings.ca_file.clone(),
@@ -223,7 +228,7 @@ struct Reloadable<T> {
 
 impl<T: Send + Sync + 'static> Reloadable<T> {
     fn load(settings: MtlsSettings, what: &'static str, build: Build<T>) -> Result<Self, TlsError> {
-        let current = Self::build(&settings, &build)?;
+        let current = Self::build(&settings, read_files(&settings)?, &build)?;
         tracing::info!(identity = %current.identity, what, "TLS certificate loaded");
         Ok(Self {
             settings,
@@ -233,8 +238,12 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
         })
     }
 
-    fn build(settings: &MtlsSettings, build: &Build<T>) -> Result<Current<T>, TlsError> {
-        let material = read_material(settings)?;
+    fn build(
+        settings: &MtlsSettings,
+        files: watch::Snapshot,
+        build: &Build<T>,
+    ) -> Result<Current<T>, TlsError> {
+        let material = material(settings, files)?;
         let identity = material.identity.clone();
         let digest = material.digest.clone();
         Ok(Current {
@@ -252,18 +261,13 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
     }
 
     fn reload(&self) -> Result<bool, TlsError> {
-        let paths = [
-            self.settings.ca_file.clone(),
-            self.settings.cert_file.clone(),
-            self.settings.key_file.clone(),
-        ];
-        // Cheap check first: most periods nothing changed.
-        if let Ok(snapshot) = watch::snapshot(&paths)
-            && snapshot.digest == self.current().digest
-        {
+        // One read: compared with what is in use (most periods nothing changed), and built
+        // from if it differs, so what is built is what was compared.
+        let files = read_files(&self.settings)?;
+        if files.digest == self.current().digest {
             return Ok(false);
         }
-        let fresh = Self::build(&self.settings, &self.build)?;
+        let fresh = Self::build(&self.settings, files, &self.build)?;
         let identity = fresh.identity.clone();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         tracing::info!(%identity, what = self.what, "TLS certificate reloaded");
