@@ -2,7 +2,8 @@
 #
 # Input (faultline_auth::AccessRequest):
 #   method     "GET", "POST", ...
-#   path       "/v1/orders/0190…", without the query
+#   path       the route matched, "/v1/orders/{id}" (the request's path, without the query,
+#              where no route matched), so one decision covers every order of one customer
 #   principal  {"subject", "tenant", "roles": [...], "scopes": [...], "client_id"}
 #   resource   {"owner", "tenant"} when the handler knows what is accessed, else null
 #

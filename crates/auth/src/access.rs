@@ -11,13 +11,19 @@
 //!
 //! A denial answers `403` with an RFC 9457 problem document; when the policy names missing
 //! scopes it also carries RFC 6750's `WWW-Authenticate: Bearer error="insufficient_scope"`.
+//!
+//! The policy's `input.path` is the route axum matched (`/v1/orders/{id}`), not the path
+//! requested (`/v1/orders/0190…`): rules are about routes, and the decision for "alice reads
+//! her own order" is then the same input, and the same remembered decision, for every one of
+//! her orders rather than one evaluation per order id. Without a matched route (a layer
+//! outside the router) it is the request's path.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{FromRef, FromRequestParts};
+use axum::extract::{FromRef, FromRequestParts, MatchedPath};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, StatusCode, header};
@@ -83,9 +89,16 @@ where
             principal,
             policy: Policy::from_ref(state),
             method: parts.method.clone(),
-            path: parts.uri.path().to_owned(),
+            path: policy_path(&parts.extensions, &parts.uri).to_owned(),
         })
     }
+}
+
+/// The path the policy sees: the matched route, else the request's path (module docs).
+fn policy_path<'a>(extensions: &'a http::Extensions, uri: &'a http::Uri) -> &'a str {
+    extensions
+        .get::<MatchedPath>()
+        .map_or(uri.path(), MatchedPath::as_str)
 }
 
 /// A request the policy denied. Answers `403` (see the module docs).
@@ -205,7 +218,7 @@ where
         };
         let decision = self.policy.decide(&AccessRequest {
             method: request.method().as_str(),
-            path: request.uri().path(),
+            path: policy_path(request.extensions(), request.uri()),
             principal,
             resource: None,
         });

@@ -286,6 +286,41 @@ impl FromRef<AppState> for Policy {
 }
 
 #[tokio::test]
+async fn the_policy_sees_the_matched_route_not_the_requested_path() {
+    // A policy that allows exactly the route template: it denies if it is given the path.
+    let dir = TempDir::new("policy-route");
+    std::fs::write(
+        dir.join("route.rego"),
+        "package faultline.authz\nimport rego.v1\n\
+         decision := {\"allow\": input.path == \"/v1/orders/{id}\", \"reason\": input.path, \
+         \"missing_scopes\": []}\n",
+    )
+    .unwrap();
+    async fn get_order(access: Access) -> Result<String, Forbidden> {
+        access.require(&Resource::owned_by("alice"))?;
+        Ok("ok".into())
+    }
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    let verifier = verifier_for(&dir, &[&key]).await;
+    let policy = policy_in(dir.path().to_path_buf());
+    let app = Router::new()
+        .route(
+            "/v1/orders/{id}",
+            get(get_order).layer(AuthorizeLayer::new(policy.clone())),
+        )
+        .layer(AuthLayer::new(verifier))
+        .with_state(AppState { policy });
+    let token = bearer(
+        &key.mint(&TokenSpec::new(&settings("unused"), "alice"))
+            .unwrap(),
+    );
+    for id in ["0190a5b2-0001", "0190a5b2-0002"] {
+        let answer = send(&app, "GET", &format!("/v1/orders/{id}"), Some(&token)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+}
+
+#[tokio::test]
 async fn the_http_glue_answers_403_problems_with_rfc_6750_challenges() {
     // A handler that learns the owner only after loading the order.
     async fn get_order(access: Access, Path(id): Path<String>) -> Result<String, Forbidden> {
