@@ -29,8 +29,11 @@ impl GrpcClassifier {
     /// The class of `status`.
     pub fn classify_status(status: &Status) -> ErrorClass {
         match status.code() {
+            // CANCELLED is what a tonic server answers when the caller's `grpc-timeout` has
+            // passed: the callee ran out of the time it was given, as with DEADLINE_EXCEEDED.
             Code::Unavailable
             | Code::DeadlineExceeded
+            | Code::Cancelled
             | Code::ResourceExhausted
             | Code::Aborted => match status.metadata().get(RETRY_PUSHBACK) {
                 None => ErrorClass::Transient { retry_after: None },
@@ -45,11 +48,9 @@ impl GrpcClassifier {
                     _ => ErrorClass::Permanent,
                 },
             },
-            Code::Internal
-            | Code::Unknown
-            | Code::DataLoss
-            | Code::Unimplemented
-            | Code::Cancelled => ErrorClass::Permanent,
+            Code::Internal | Code::Unknown | Code::DataLoss | Code::Unimplemented => {
+                ErrorClass::Permanent
+            }
             _ => ErrorClass::CallerError,
         }
     }
@@ -85,6 +86,7 @@ mod tests {
         for code in [
             Code::Unavailable,
             Code::DeadlineExceeded,
+            Code::Cancelled,
             Code::ResourceExhausted,
             Code::Aborted,
         ] {
