@@ -277,29 +277,38 @@ impl Store {
     ) -> Result<Claim, sqlx::Error> {
         let lease_ms = i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX);
         let ttl_secs = i64::try_from(self.config.ttl_secs).unwrap_or(i64::MAX);
-        // A key past its expiry is forgotten before the claim, even if the reaper has not
-        // come by yet. Racing claimants both delete; one of them then wins the insert.
-        sqlx::query(
-            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND expires_at <= now()",
-        )
-        .bind(scope)
-        .bind(key.as_str())
-        .execute(&self.pool)
-        .await?;
-
         let lease_id = Uuid::now_v7();
-        // Insert a fresh key, or take over an in-flight one whose owner's lease ran out
-        // (same request only). Either way this statement alone decides the owner.
+        // Insert a fresh key, take over an in-flight one whose owner's lease ran out (same
+        // request only), or start afresh on a key past its expiry that the reaper has not
+        // removed yet. Either way this one statement decides the owner.
         let owned: Option<(String,)> = sqlx::query_as(
             "INSERT INTO idempotency_keys AS k
                  (scope, key, fingerprint, lease_id, locked_until, expires_at)
              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond',
                      now() + $6 * interval '1 second')
-             ON CONFLICT (scope, key) DO UPDATE
-                 SET lease_id = EXCLUDED.lease_id, locked_until = EXCLUDED.locked_until
-                 WHERE k.completed_at IS NULL
-                   AND k.locked_until <= now()
-                   AND k.fingerprint = EXCLUDED.fingerprint
+             ON CONFLICT (scope, key) DO UPDATE SET
+                 lease_id = EXCLUDED.lease_id,
+                 locked_until = EXCLUDED.locked_until,
+                 fingerprint = CASE WHEN k.expires_at <= now()
+                     THEN EXCLUDED.fingerprint ELSE k.fingerprint END,
+                 recovery_point = CASE WHEN k.expires_at <= now()
+                     THEN 'started' ELSE k.recovery_point END,
+                 response_status = CASE WHEN k.expires_at <= now()
+                     THEN NULL ELSE k.response_status END,
+                 response_headers = CASE WHEN k.expires_at <= now()
+                     THEN NULL ELSE k.response_headers END,
+                 response_body = CASE WHEN k.expires_at <= now()
+                     THEN NULL ELSE k.response_body END,
+                 completed_at = CASE WHEN k.expires_at <= now()
+                     THEN NULL ELSE k.completed_at END,
+                 created_at = CASE WHEN k.expires_at <= now()
+                     THEN now() ELSE k.created_at END,
+                 expires_at = CASE WHEN k.expires_at <= now()
+                     THEN EXCLUDED.expires_at ELSE k.expires_at END
+             WHERE k.expires_at <= now()
+                OR (k.completed_at IS NULL
+                    AND k.locked_until <= now()
+                    AND k.fingerprint = EXCLUDED.fingerprint)
              RETURNING recovery_point",
         )
         .bind(scope)
