@@ -2,9 +2,9 @@
 //!
 //! Embed [`CacheConfig`] in a service's configuration (say as `cache` in checkout) and every
 //! field becomes an environment variable under `CHECKOUT_CACHE__`; call
-//! `config.cache.validate("CHECKOUT_CACHE")` at start and map the error onto the platform's
-//! (`ConfigError::invalid(err.setting, err.reason)`). The error type is the one
-//! `faultline-resilience` uses, so the breaker's settings nested here report the same way.
+//! `config.cache.validate("CHECKOUT_CACHE")` at start (the platform's `ConfigError` takes the
+//! error with `?`). The error type, and its helpers, are `faultline-resilience`'s, so the
+//! breaker's settings nested here report the same way.
 
 use faultline_resilience::{BreakerConfig, ConfigError};
 use serde::{Deserialize, Serialize};
@@ -108,28 +108,6 @@ impl Default for L1Config {
     }
 }
 
-fn invalid(path: &str, field: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting: join(path, field),
-        reason: reason.into(),
-    }
-}
-
-fn join(path: &str, field: &str) -> String {
-    if path.is_empty() {
-        field.to_owned()
-    } else {
-        format!("{path}__{field}")
-    }
-}
-
-fn positive(path: &str, field: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(invalid(path, field, "must be greater than zero"));
-    }
-    Ok(())
-}
-
 impl CacheConfig {
     /// The node URLs, trimmed, empty entries dropped.
     pub fn node_urls(&self) -> Vec<String> {
@@ -146,18 +124,26 @@ impl CacheConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let urls = self.node_urls();
         if urls.is_empty() {
-            return Err(invalid(path, "NODES", "must name at least one Redis node"));
+            return Err(ConfigError::new(
+                path,
+                "NODES",
+                "must name at least one Redis node",
+            ));
         }
         for (i, url) in urls.iter().enumerate() {
             if !url.starts_with("redis://") {
-                return Err(invalid(
+                return Err(ConfigError::new(
                     path,
                     "NODES",
                     format!("`{url}` must be a redis:// URL"),
                 ));
             }
             if urls[..i].contains(url) {
-                return Err(invalid(path, "NODES", format!("`{url}` is listed twice")));
+                return Err(ConfigError::new(
+                    path,
+                    "NODES",
+                    format!("`{url}` is listed twice"),
+                ));
             }
         }
         if self.key_prefix.is_empty()
@@ -166,45 +152,46 @@ impl CacheConfig {
                 .chars()
                 .any(|c| c == ':' || c.is_whitespace())
         {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 path,
                 "KEY_PREFIX",
                 "must be non-empty, without `:` or whitespace",
             ));
         }
-        positive(path, "TTL_MS", self.ttl_ms)?;
+        ConfigError::positive(path, "TTL_MS", self.ttl_ms)?;
         if !(0.0..100.0).contains(&self.ttl_jitter_percent) {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 path,
                 "TTL_JITTER_PERCENT",
                 format!("must be within 0..100; got {}", self.ttl_jitter_percent),
             ));
         }
-        positive(path, "NEGATIVE_TTL_MS", self.negative_ttl_ms)?;
+        ConfigError::positive(path, "NEGATIVE_TTL_MS", self.negative_ttl_ms)?;
         if !self.early_refresh_beta.is_finite() || self.early_refresh_beta < 0.0 {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 path,
                 "EARLY_REFRESH_BETA",
                 format!("must be zero or more; got {}", self.early_refresh_beta),
             ));
         }
-        positive(path, "LEASE_TTL_MS", self.lease_ttl_ms)?;
-        positive(path, "LEASE_POLL_MS", self.lease_poll_ms)?;
-        positive(path, "COMMAND_TIMEOUT_MS", self.command_timeout_ms)?;
-        positive(path, "CONNECT_TIMEOUT_MS", self.connect_timeout_ms)?;
+        ConfigError::positive(path, "LEASE_TTL_MS", self.lease_ttl_ms)?;
+        ConfigError::positive(path, "LEASE_POLL_MS", self.lease_poll_ms)?;
+        ConfigError::positive(path, "COMMAND_TIMEOUT_MS", self.command_timeout_ms)?;
+        ConfigError::positive(path, "CONNECT_TIMEOUT_MS", self.connect_timeout_ms)?;
         if !(16..=1024).contains(&self.max_key_bytes) {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 path,
                 "MAX_KEY_BYTES",
                 format!("must be within 16..=1024; got {}", self.max_key_bytes),
             ));
         }
         if self.l1.enabled {
-            let l1 = join(path, "L1");
-            positive(&l1, "TTL_MS", self.l1.ttl_ms)?;
-            positive(&l1, "MAX_ENTRIES", self.l1.max_entries)?;
+            let l1 = ConfigError::section(path, "L1");
+            ConfigError::positive(&l1, "TTL_MS", self.l1.ttl_ms)?;
+            ConfigError::positive(&l1, "MAX_ENTRIES", self.l1.max_entries)?;
         }
-        self.breaker.validate(&join(path, "BREAKER"))
+        self.breaker
+            .validate(&ConfigError::section(path, "BREAKER"))
     }
 }
 

@@ -22,11 +22,24 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn new(path: &str, field: &str, reason: impl Into<String>) -> Self {
+    /// The error for `field` of the section at `path` (`CHECKOUT_CACHE`, `TTL_MS`): the
+    /// setting is named as its environment variable, `CHECKOUT_CACHE__TTL_MS`. Other crates'
+    /// settings use it too, so every setting error reads the same.
+    pub fn new(path: &str, field: &str, reason: impl Into<String>) -> Self {
         Self {
             setting: join(path, field),
             reason: reason.into(),
         }
+    }
+
+    /// Rejects zero where a zero duration or count means nothing sensible.
+    pub fn positive(path: &str, field: &str, value: u64) -> Result<(), Self> {
+        positive(path, field, value)
+    }
+
+    /// The variable prefix of the section `field` nested in `path` (`CHECKOUT_CACHE__L1`).
+    pub fn section(path: &str, field: &str) -> String {
+        join(path, field)
     }
 }
 
