@@ -102,7 +102,7 @@ async fn a_price_change_reaches_checkout_through_the_event_not_the_ttl() -> anyh
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_keep_flowing_while_redis_is_dead_and_caching_resumes_after() -> anyhow::Result<()> {
-    let mut redis = RedisServer::start().await?;
+    let mut redis = RedisServer::start();
     let env = |name: &str, value: &str| (Service::Checkout, name.to_owned(), value.to_owned());
     let system = System::start(Options {
         extra_env: vec![
@@ -128,7 +128,7 @@ async fn orders_keep_flowing_while_redis_is_dead_and_caching_resumes_after() -> 
     }
 
     // Redis dies. Every request still succeeds: lookups go to inventory.
-    redis.stop().await?;
+    redis.stop();
     for i in 0..20 {
         assert_eq!(price_seen_by_checkout(&system).await?, 2_490);
         if i % 4 == 0 {
@@ -152,7 +152,7 @@ async fn orders_keep_flowing_while_redis_is_dead_and_caching_resumes_after() -> 
     assert!(lookups(&system, "bypass").await? > 0.0);
 
     // Redis returns (empty). Once the breaker has probed it, lookups are cached again.
-    redis.restart().await?;
+    redis.restart();
     let back = Instant::now();
     let hits_before = lookups(&system, "hit").await?;
     loop {

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group};
 use faultline_cache::{Cache, CacheConfig, L1Config};
+use faultline_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
 
 /// Shaped like checkout's catalog item.
@@ -30,45 +31,13 @@ struct Item {
     available: i64,
 }
 
-/// A private `redis-server`, killed when dropped.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Where to measure: `FAULTLINE_REDIS_URL`, or a fresh server on a free port.
-fn redis() -> (String, Option<Server>) {
+fn redis() -> (String, Option<RedisServer>) {
     if let Ok(url) = std::env::var("FAULTLINE_REDIS_URL") {
         return (url, None);
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Server(
-        std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed"),
-    );
-    let url = format!("redis://127.0.0.1:{port}");
-    let client = redis::Client::open(url.as_str()).unwrap();
-    for _ in 0..500 {
-        if let Ok(mut conn) = client.get_connection()
-            && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-        {
-            return (url, Some(server));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("redis-server did not start");
+    let server = RedisServer::start();
+    (server.url(), Some(server))
 }
 
 fn item() -> Item {

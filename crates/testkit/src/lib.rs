@@ -1,6 +1,6 @@
 //! Test support for integration tests and benchmarks that run against the real local
 //! infrastructure: where Postgres and the broker are, unique names so parallel tests never
-//! share state, and throwaway databases.
+//! share state, throwaway databases, and Redis servers of a test's own ([`RedisServer`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), sqlx::Error> {
@@ -9,6 +9,10 @@
 //! db.drop().await?;
 //! # Ok(()) }
 //! ```
+
+mod redis;
+
+pub use redis::RedisServer;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

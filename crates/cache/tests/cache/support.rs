@@ -2,8 +2,6 @@
 //! test sets, and `redis-server` children.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -180,85 +178,4 @@ pub(crate) async fn eventually<F: FnMut() -> bool>(limit: Duration, mut done: F)
     }
 }
 
-/// A `redis-server` child on a free port, killed on drop.
-pub(crate) struct RedisServer {
-    child: Option<Child>,
-    pub(crate) port: u16,
-}
-
-impl RedisServer {
-    pub(crate) fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self { child: None, port };
-        server.restart();
-        server
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// Starts (again) on the same port, empty, and waits until it answers.
-    pub(crate) fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).unwrap();
-        for _ in 0..500 {
-            if let Ok(mut conn) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server on port {} did not start", self.port);
-    }
-
-    /// Kills it (SIGKILL, like a crash) and reaps it.
-    pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Freezes it (SIGSTOP): connections stay open, nothing answers. A slow Redis.
-    pub(crate) fn freeze(&self) {
-        signal(self.pid(), "-STOP");
-    }
-
-    pub(crate) fn thaw(&self) {
-        signal(self.pid(), "-CONT");
-    }
-}
-
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        // SIGKILL ends a frozen server too.
-        self.stop();
-    }
-}
+pub(crate) use faultline_testkit::RedisServer;
