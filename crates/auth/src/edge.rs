@@ -23,7 +23,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
@@ -43,34 +42,19 @@ pub const DEFAULT_REALM: &str = "faultline";
 pub const DEFAULT_PROBLEM_BASE: &str = "/problems/";
 
 /// Puts [`AuthService`] in front of a service. See the module docs.
+///
+/// Its challenges name the realm [`DEFAULT_REALM`] and its problem types sit under
+/// [`DEFAULT_PROBLEM_BASE`], as do the 403s of [`crate::AuthorizeLayer`] and
+/// [`crate::Access`], so every refusal of one service reads alike.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: JwtVerifier,
-    realm: Arc<str>,
-    problem_base: Arc<str>,
 }
 
 impl AuthLayer {
     /// Authenticates every request with `verifier`.
     pub fn new(verifier: JwtVerifier) -> Self {
-        Self {
-            verifier,
-            realm: Arc::from(DEFAULT_REALM),
-            problem_base: Arc::from(DEFAULT_PROBLEM_BASE),
-        }
-    }
-
-    /// Sets the `realm` named in challenges (default `faultline`).
-    pub fn realm(mut self, realm: &str) -> Self {
-        // A quote would end the quoted-string early; realms are plain names anyway.
-        self.realm = Arc::from(realm.replace(['"', '\\'], ""));
-        self
-    }
-
-    /// Sets the prefix of the problem documents' `type` (default `/problems/`).
-    pub fn problem_type_base(mut self, base: &str) -> Self {
-        self.problem_base = Arc::from(base);
-        self
+        Self { verifier }
     }
 }
 
@@ -126,7 +110,7 @@ where
                     if let Unauthenticated::InvalidToken(reason) = &refusal {
                         tracing::info!(%reason, method = %request.method(), path = request.uri().path(), "access token refused");
                     }
-                    Ok(refusal.response(&layer.realm, &layer.problem_base))
+                    Ok(refusal.response(DEFAULT_REALM, DEFAULT_PROBLEM_BASE))
                 }
             }
         })
