@@ -23,6 +23,7 @@ use tower::{BoxError, Layer, Service};
 
 use crate::budget::RetryBudget;
 use crate::config::{ConfigError, percent, positive};
+use crate::deadline::Deadline;
 use crate::latency::LatencyWindow;
 use crate::retry::RetrySafety;
 
@@ -114,16 +115,22 @@ impl<I> HedgeLayer<I> {
         self.shared.as_ref()?.latencies.threshold()
     }
 
+    /// [`HedgeLayer::delay`] at `now`, a clock reading the caller already has.
+    pub(crate) fn delay_at(&self, now: Instant) -> Option<Duration> {
+        self.shared.as_ref()?.latencies.threshold_at(now)
+    }
+
     /// Whether hedging is on.
     #[inline]
     pub(crate) fn is_enabled(&self) -> bool {
         self.shared.is_some()
     }
 
-    /// Counts a successful copy's latency towards the next period's percentile.
-    pub(crate) fn record(&self, latency: Duration) {
+    /// Counts the latency of a successful copy sent at `start` towards the next period's
+    /// percentile.
+    pub(crate) fn record_since(&self, start: Instant) {
         if let Some(shared) = &self.shared {
-            shared.latencies.record(latency);
+            shared.latencies.record_since(start);
         }
     }
 }
@@ -185,10 +192,12 @@ where
                 hedging: None,
             };
         };
+        // One clock reading for the whole plan (the timeout layer above may have one).
+        let now = Deadline::current_scope().1.unwrap_or_else(Instant::now);
         let plan = if layer.safety.is_retry_safe(&request) {
-            shared.latencies.threshold().map(|delay| {
+            shared.latencies.threshold_at(now).map(|delay| {
                 (
-                    Box::pin(tokio::time::sleep(delay)),
+                    Box::pin(tokio::time::sleep_until(now + delay)),
                     self.inner.clone(),
                     request.clone(),
                 )
@@ -200,7 +209,6 @@ where
             Some((timer, service, copy)) => (Some(timer), Some((service, copy))),
             None => (None, None),
         };
-        let now = Instant::now();
         HedgeFuture {
             primary: Some(self.inner.call(request)),
             hedging: Some(Box::new(Hedging {
@@ -276,10 +284,7 @@ where
             hedging.spare = None;
             match result {
                 Ok(response) => {
-                    hedging
-                        .shared
-                        .latencies
-                        .record(hedging.primary_start.elapsed());
+                    hedging.shared.latencies.record_since(hedging.primary_start);
                     return Poll::Ready(Ok(response));
                 }
                 Err(error) if hedging.hedge.is_some() => hedging.failed = Some(error.into()),
@@ -293,10 +298,7 @@ where
             hedging.hedge = None;
             match result {
                 Ok(response) => {
-                    hedging
-                        .shared
-                        .latencies
-                        .record(hedging.hedge_start.elapsed());
+                    hedging.shared.latencies.record_since(hedging.hedge_start);
                     return Poll::Ready(Ok(response));
                 }
                 Err(error) if this.primary.is_some() => hedging.failed = Some(error.into()),

@@ -116,15 +116,27 @@ impl LatencyWindow {
         NONE
     }
 
-    pub(crate) fn record(&self, latency: Duration) {
-        self.rotate_if_due(Instant::now());
+    /// Records the latency of a call that started at `start`, reading the clock once for
+    /// both the latency and the period.
+    pub(crate) fn record_since(&self, start: Instant) {
+        let now = Instant::now();
+        self.record_at(now, now.saturating_duration_since(start));
+    }
+
+    fn record_at(&self, now: Instant, latency: Duration) {
+        self.rotate_if_due(now);
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.counts[bucket(micros)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The percentile of the last complete period, if it had enough samples.
     pub(crate) fn threshold(&self) -> Option<Duration> {
-        self.rotate_if_due(Instant::now());
+        self.threshold_at(Instant::now())
+    }
+
+    /// [`LatencyWindow::threshold`] with a clock reading the caller already has.
+    pub(crate) fn threshold_at(&self, now: Instant) -> Option<Duration> {
+        self.rotate_if_due(now);
         match self.frozen.load(Ordering::Acquire) {
             NONE => None,
             micros => Some(Duration::from_micros(micros)),
@@ -163,7 +175,7 @@ mod tests {
     async fn the_percentile_of_the_last_period_is_frozen_at_rotation() {
         let window = LatencyWindow::new(Duration::from_secs(1), 90.0, 10);
         for ms in 1..=10 {
-            window.record(Duration::from_millis(ms * 10));
+            window.record_at(Instant::now(), Duration::from_millis(ms * 10));
         }
         assert_eq!(window.threshold(), None, "the first period is not over");
         tokio::time::advance(Duration::from_secs(1)).await;

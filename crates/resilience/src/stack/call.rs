@@ -383,11 +383,11 @@ where
             .retry
             .safety
             .is_retry_safe(request)
-            .then(|| parts.hedge.delay())
+            .then(|| parts.hedge.delay_at(now))
             .flatten()
             .map(|delay| {
                 (
-                    Box::pin(tokio::time::sleep(delay)),
+                    Box::pin(tokio::time::sleep_until(now + delay)),
                     (service.clone(), request.clone()),
                 )
             });
@@ -474,7 +474,7 @@ where
                 hedging.spare = None;
                 match result {
                     Ok(response) => {
-                        self.parts.hedge.record(hedging.primary_start.elapsed());
+                        self.parts.hedge.record_since(hedging.primary_start);
                         // The primary won: cancel the hedge.
                         hedging.copy = None;
                         if let Some(permit) = hedging.permit.take() {
@@ -514,7 +514,7 @@ where
                 settle(&self.parts, hedging.permit.take(), throttled, &result);
                 match result {
                     Ok(response) => {
-                        self.parts.hedge.record(hedging.hedge_start.elapsed());
+                        self.parts.hedge.record_since(hedging.hedge_start);
                         // The hedge won: cancel the primary.
                         primary.set(None);
                         if let Some(ticket) = self.permit.take() {
