@@ -43,9 +43,7 @@ impl Broker {
             );
         }
         std::fs::create_dir_all(&dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = faultline_testkit::free_port();
         let mut broker = Self {
             address: format!("127.0.0.1:{port}"),
             port,

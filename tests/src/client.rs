@@ -316,6 +316,25 @@ impl Client {
 }
 
 impl Answer {
+    /// Asserts an RFC 9457 problem: `status`, `application/problem+json`, the type
+    /// `/problems/<problem>`, and `status` and `title` in the body.
+    pub fn assert_problem(&self, status: StatusCode, problem: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{}",
+            self.body
+        );
+        assert_eq!(
+            self.body["type"],
+            format!("/problems/{problem}"),
+            "{}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status.as_u16(), "{}", self.body);
+        assert!(self.body["title"].is_string(), "{}", self.body);
+    }
+
     /// Reads `response`: status, the headers tests look at, and the body as JSON (`Null` if
     /// it is not JSON).
     pub async fn read(response: reqwest::Response) -> anyhow::Result<Self> {

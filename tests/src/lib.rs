@@ -20,4 +20,4 @@ mod system;
 
 pub use client::{Answer, Client, DEFAULT_CUSTOMER, ProductSpec};
 pub use credentials::{Caller, Credentials};
-pub use system::{Freeze, Options, Service, Signal, System};
+pub use system::{Freeze, Options, Service, Signal, System, sample};

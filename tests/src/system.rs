@@ -2,7 +2,6 @@
 //! topic prefix.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -122,10 +121,6 @@ pub struct System {
     processes: BTreeMap<Service, Process>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Where the service binaries are: `FAULTLINE_BIN_DIR`, else next to this executable (tests
 /// run from `target/<profile>/deps`, binaries live in `target/<profile>`).
 fn bin_dir() -> anyhow::Result<PathBuf> {
@@ -185,14 +180,14 @@ impl System {
         std::fs::create_dir_all(&log_dir)?;
         let credentials = Credentials::generate(&log_dir.join("credentials"))?;
 
-        let checkout_port = free_port()?;
-        let inventory_port = free_port()?;
-        let payments_port = free_port()?;
+        let checkout_port = faultline_testkit::free_port();
+        let inventory_port = faultline_testkit::free_port();
+        let payments_port = faultline_testkit::free_port();
         let topic_prefix = format!("{run_id}.");
         let mut processes = BTreeMap::new();
         for service in Service::ALL {
             let prefix = service.prefix();
-            let admin_port = free_port()?;
+            let admin_port = faultline_testkit::free_port();
             let database_server = match (&database_proxy, options.database_proxy) {
                 (Some(proxy), Some(proxied)) if proxied == service => {
                     format!("postgres://postgres@127.0.0.1:{}", proxy.port)
@@ -377,6 +372,13 @@ impl System {
             .await
             .context("service did not exit within 30 s")??;
         Ok(())
+    }
+
+    /// The value of the first sample of `series` (a metric name, with its labels if it has
+    /// any) in `service`'s `/metrics`, or `None` if it has none.
+    pub async fn metric(&self, service: Service, series: &str) -> anyhow::Result<Option<f64>> {
+        let (_, text) = self.admin(service, "/metrics").await?;
+        Ok(sample(&text, series))
     }
 
     /// `GET` of `path` on `service`'s admin port: status and body.
@@ -598,4 +600,14 @@ impl System {
         let _ = std::fs::remove_dir_all(&self.log_dir);
         Ok(())
     }
+}
+
+/// The value of the first sample of `series` (a metric name, with its labels if it has any)
+/// in a Prometheus text scrape.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use faultline_e2e::{Answer, Options, ProductSpec, Service, System};
+use faultline_e2e::{Options, ProductSpec, Service, System};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -19,24 +19,6 @@ const CATALOG: [ProductSpec; 1] = [ProductSpec {
     stock: 10,
 }];
 
-fn assert_problem(answer: &Answer, status: StatusCode, problem: &str) {
-    assert_eq!(answer.status, status, "{}", answer.body);
-    assert_eq!(
-        answer.content_type, "application/problem+json",
-        "{}",
-        answer.body
-    );
-    assert_eq!(
-        answer.body["type"],
-        format!("/problems/{problem}"),
-        "{}",
-        answer.body
-    );
-    assert_eq!(answer.body["status"], status.as_u16(), "{}", answer.body);
-    assert!(answer.body["title"].is_string(), "{}", answer.body);
-    assert!(answer.body["detail"].is_string(), "{}", answer.body);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<()> {
     let system = System::start(Options::default()).await?;
@@ -47,12 +29,12 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
 
     let body = json!({"items": [{"sku": "LAMP-01", "quantity": 1}]});
     let answer = client.post_order(body.to_string(), json_type, None).await?;
-    assert_problem(&answer, StatusCode::BAD_REQUEST, "idempotency-key-missing");
+    answer.assert_problem(StatusCode::BAD_REQUEST, "idempotency-key-missing");
     let long_key = "k".repeat(256);
     let answer = client
         .post_order(body.to_string(), json_type, Some(&long_key))
         .await?;
-    assert_problem(&answer, StatusCode::BAD_REQUEST, "idempotency-key-invalid");
+    answer.assert_problem(StatusCode::BAD_REQUEST, "idempotency-key-invalid");
     assert!(
         answer.body["detail"]
             .as_str()
@@ -62,7 +44,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     let answer = client
         .post_order(body.to_string(), json_type, Some("white space"))
         .await?;
-    assert_problem(&answer, StatusCode::BAD_REQUEST, "idempotency-key-invalid");
+    answer.assert_problem(StatusCode::BAD_REQUEST, "idempotency-key-invalid");
     assert!(
         answer.body["detail"]
             .as_str()
@@ -73,20 +55,20 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     let answer = client
         .post_order(r#"{"items": ["#, json_type, fresh().as_deref())
         .await?;
-    assert_problem(&answer, StatusCode::BAD_REQUEST, "malformed-json");
+    answer.assert_problem(StatusCode::BAD_REQUEST, "malformed-json");
 
     let body = json!({"items": [{"sku": "LAMP-01", "quantity": "two"}]});
     let answer = client
         .post_order(body.to_string(), json_type, fresh().as_deref())
         .await?;
-    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
+    answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(answer.body["detail"].as_str().unwrap().contains("quantity"));
 
     let body = json!({"items": [{"sku": "LAMP-01", "quantity": 1}], "coupon": "x"});
     let answer = client
         .post_order(body.to_string(), json_type, fresh().as_deref())
         .await?;
-    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
+    answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(answer.body["detail"].as_str().unwrap().contains("coupon"));
 
     // The customer is the token's subject; a body naming one is refused, not obeyed.
@@ -94,7 +76,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     let answer = client
         .post_order(body.to_string(), json_type, fresh().as_deref())
         .await?;
-    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
+    answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(
         answer.body["detail"]
             .as_str()
@@ -106,7 +88,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     let answer = client
         .post_order(body.to_string(), json_type, fresh().as_deref())
         .await?;
-    assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order");
+    answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-order");
     assert_eq!(answer.body["errors"][0]["field"], "items");
 
     for quantity in [0, -3] {
@@ -114,7 +96,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
         let answer = client
             .post_order(body.to_string(), json_type, fresh().as_deref())
             .await?;
-        assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order");
+        answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-order");
         assert_eq!(answer.body["errors"][0]["field"], "items[0].quantity");
     }
 
@@ -122,11 +104,7 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     let answer = client
         .post_order(body.to_string(), json_type, fresh().as_deref())
         .await?;
-    assert_problem(
-        &answer,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unknown-products",
-    );
+    answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown-products");
     assert_eq!(answer.body["unknown_skus"], json!(["NOPE-99"]));
 
     let huge = format!(
@@ -136,32 +114,24 @@ async fn bad_requests_get_problem_details_and_write_nothing() -> anyhow::Result<
     let answer = client
         .post_order(huge, json_type, fresh().as_deref())
         .await?;
-    assert_problem(&answer, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
+    answer.assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
 
     let body = json!({"items": [{"sku": "LAMP-01", "quantity": 1}]});
     let answer = client
         .post_order(body.to_string(), None, fresh().as_deref())
         .await?;
-    assert_problem(
-        &answer,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported-media-type",
-    );
+    answer.assert_problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type");
 
     let answer = client
         .get("/v1/orders/0193e0c4-0000-7000-8000-000000000000")
         .await?;
-    assert_problem(&answer, StatusCode::NOT_FOUND, "order-not-found");
+    answer.assert_problem(StatusCode::NOT_FOUND, "order-not-found");
     let answer = client.get("/v1/orders/not-a-uuid").await?;
-    assert_problem(&answer, StatusCode::NOT_FOUND, "order-not-found");
+    answer.assert_problem(StatusCode::NOT_FOUND, "order-not-found");
     let answer = client.get("/v2/everything").await?;
-    assert_problem(&answer, StatusCode::NOT_FOUND, "not-found");
+    answer.assert_problem(StatusCode::NOT_FOUND, "not-found");
     let answer = client.get("/v1/orders").await?;
-    assert_problem(
-        &answer,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-    );
+    answer.assert_problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
 
     // Not one of those requests left a trace.
     let checkout = system.database(Service::Checkout).await?;

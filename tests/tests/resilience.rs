@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use faultline_e2e::{Answer, Client, Freeze, Options, ProductSpec, Service, System};
+use faultline_e2e::{Client, Freeze, Options, ProductSpec, Service, System};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -30,25 +30,15 @@ fn checkout_env(pairs: &[(&str, &str)]) -> Vec<(Service, String, String)> {
         .collect()
 }
 
-fn assert_problem(answer: &Answer, status: StatusCode, problem: &str) {
-    assert_eq!(answer.status, status, "{}", answer.body);
-    assert_eq!(answer.content_type, "application/problem+json");
-    assert_eq!(
-        answer.body["type"],
-        format!("/problems/{problem}"),
-        "{}",
-        answer.body
-    );
-}
-
 /// `circuit_breaker_state{name="inventory"}` from checkout's metrics.
 async fn breaker_state(system: &System) -> anyhow::Result<f64> {
-    let (_, text) = system.admin(Service::Checkout, "/metrics").await?;
-    text.lines()
-        .find(|l| l.starts_with(r#"circuit_breaker_state{name="inventory"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no breaker state in:\n{text}"))
+    system
+        .metric(
+            Service::Checkout,
+            r#"circuit_breaker_state{name="inventory"}"#,
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no breaker state in checkout's metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -92,11 +82,7 @@ async fn a_hung_inventory_trips_the_breaker_fails_fast_and_recovers_through_half
         let started = Instant::now();
         let answer = system.client.post_order_json(&body).await?;
         slowest = slowest.max(started.elapsed());
-        assert_problem(
-            &answer,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "dependency-unavailable",
-        );
+        answer.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable");
         assert!(answer.retry_after.is_some());
     }
     assert!(
@@ -108,11 +94,7 @@ async fn a_hung_inventory_trips_the_breaker_fails_fast_and_recovers_through_half
     assert_eq!(breaker_state(&system).await?, 2.0, "open");
     let started = Instant::now();
     let answer = system.client.post_order_json(&body).await?;
-    assert_problem(
-        &answer,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "dependency-unavailable",
-    );
+    answer.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable");
     assert!(
         started.elapsed() < Duration::from_millis(300),
         "an open breaker answers at once, took {:?}",
@@ -171,7 +153,7 @@ async fn the_edge_rate_limits_each_caller_and_sheds_catalog_reads_first() -> any
         assert_eq!(answer.body["unit_price"]["amount_minor"], 2_490);
     }
     let limited = system.client.get("/v1/products/LAMP-01").await?;
-    assert_problem(&limited, StatusCode::TOO_MANY_REQUESTS, "rate-limited");
+    limited.assert_problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited");
     assert_eq!(limited.retry_after.as_deref(), Some("1"));
     // The limit is per caller (the token's subject), not per address: another customer on
     // the same connection source is still served.
@@ -196,17 +178,15 @@ async fn the_edge_rate_limits_each_caller_and_sheds_catalog_reads_first() -> any
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let shed = system.client.get("/v1/products/LAMP-01").await?;
-    assert_problem(&shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    shed.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
     assert!(shed.retry_after.is_some());
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "shed, not queued"
     );
-    assert_problem(
-        &placing.await??,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "dependency-unavailable",
-    );
+    placing
+        .await??
+        .assert_problem(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable");
     system.freeze(Service::Inventory, Freeze::Continue)?;
     system.teardown().await
 }

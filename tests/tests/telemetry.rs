@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use faultline_e2e::broker::Broker;
 use faultline_e2e::collector::{CollectedSpan, Collector};
-use faultline_e2e::{Caller, Client, Options, ProductSpec, Service, Signal, System};
+use faultline_e2e::{Caller, Client, Options, ProductSpec, Service, Signal, System, sample};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
@@ -192,14 +192,6 @@ async fn one_trace_follows_each_order_through_http_the_outbox_kafka_and_grpc() -
     assert!(placed["span_id"].as_str().is_some_and(|s| s.len() == 16));
 
     system.teardown().await
-}
-
-/// The value of the first sample of `series` (a metric name with its labels) in `text`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -85,3 +85,35 @@ impl TestDatabase {
         Ok(())
     }
 }
+
+/// A port on 127.0.0.1 that nothing listens on, for a process the test starts (which must
+/// bind it itself, so the port cannot be held open for it).
+///
+/// Picked below Linux's ephemeral range (32768 and up): a port from `bind(":0")` comes from
+/// that range, where the many outgoing connections a test run makes (to Postgres, the broker)
+/// may take it before the child process binds it, which made services fail to start now and
+/// then with "address already in use".
+///
+/// # Panics
+/// If no port in the range is free after many tries.
+pub fn free_port() -> u16 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default()
+        ^ std::process::id().rotate_left(16)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    for attempt in 0..SPAN {
+        let candidate = LOW + seed.wrapping_add(attempt.wrapping_mul(7_919)) % SPAN;
+        let port = u16::try_from(candidate).expect("below 32768");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
+}

@@ -5,7 +5,7 @@
 //! sync tests and benchmarks; starting one takes a few milliseconds.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,10 +24,7 @@ impl RedisServer {
     /// If `redis-server` is not installed (`scripts/deps.sh` installs it) or does not answer
     /// within ten seconds: a test without its Redis should stop loudly.
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free port on 127.0.0.1");
+        let port = crate::free_port();
         let mut server = Self { port, child: None };
         server.restart();
         server
