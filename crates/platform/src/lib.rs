@@ -4,6 +4,7 @@
 //! - [`config`]: one typed configuration struct per service, loaded once from defaults, an
 //!   optional TOML file and environment variables, and validated before anything starts.
 //! - [`db`]: a Postgres pool whose database is created on first start.
+//! - [`drain`]: request bodies a handler refused are read to the end, so its answer arrives.
 //! - [`grpc`]: database errors as gRPC status codes.
 //! - [`health`]: liveness, readiness and startup probes on a small admin HTTP server.
 //! - [`lifecycle`]: the start-up and shutdown order every service follows.
@@ -14,6 +15,7 @@
 pub mod breakers;
 pub mod config;
 pub mod db;
+pub mod drain;
 pub mod grpc;
 pub mod health;
 pub mod lifecycle;

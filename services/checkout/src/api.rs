@@ -35,6 +35,7 @@ use faultline_auth::{
 };
 use faultline_idempotency::layer::{IdempotencyLayer, IdempotencyLease, stored_response};
 use faultline_idempotency::{Caller, LeaseError, Store};
+use faultline_platform::drain::DrainBodyLayer;
 use faultline_proto::contract::validate_sku;
 use faultline_resilience::{EdgeConfig, EdgeStack, HttpRejection, Priority, RecoverLayer};
 use faultline_telemetry::http::HttpServerLayer;
@@ -110,6 +111,8 @@ pub fn router(
         .layer(edge)
         .layer(AuthLayer::new(verifier))
         .layer(HttpServerLayer::new(metrics))
+        // Outermost, so that whatever refuses a request unread still gets its answer out.
+        .layer(DrainBodyLayer::default())
         .with_state(state)
 }
 
