@@ -207,13 +207,18 @@ async fn metrics_are_scraped_with_sane_values_after_an_order() -> anyhow::Result
         .wait_for_outcome(order, Duration::from_secs(60))
         .await?;
     system.wait_until_settled(Duration::from_secs(60)).await?;
-    // The backlog sampler and the consumer statistics run on their own clocks: wait until
-    // both have reported since the order settled, rather than for a fixed time.
+    // StockReserved, PaymentAuthorized, StockCommitted, PaymentCaptured, and one
+    // ProductChanged per product loaded into the catalog.
+    let processed = 4.0 + CATALOG.len() as f64;
+    // The backlog sampler and the consumer statistics run on their own clocks, and the
+    // catalog's event travels on its own topic, unrelated to the saga that settled: wait
+    // until all have reported, rather than for a fixed time.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let (status, checkout) = loop {
         let (status, text) = system.admin(Service::Checkout, "/metrics").await?;
         let sampled = sample(&text, "outbox_pending_rows") == Some(0.0)
             && sample(&text, "outbox_oldest_pending_age_seconds") == Some(0.0)
+            && sample(&text, "messaging_consumer_processed_total") == Some(processed)
             && text.contains(r#"kafka_consumer_lag{topic=""#);
         if sampled || tokio::time::Instant::now() >= deadline {
             break (status, text);
@@ -258,11 +263,9 @@ async fn metrics_are_scraped_with_sane_values_after_an_order() -> anyhow::Result
         ),
         1.0
     );
-    // StockReserved, PaymentAuthorized, StockCommitted, PaymentCaptured, and one
-    // ProductChanged per product loaded into the catalog.
     assert_eq!(
         count(&checkout, "messaging_consumer_processed_total"),
-        4.0 + CATALOG.len() as f64
+        processed
     );
     assert_eq!(count(&checkout, "messaging_consumer_parked_total"), 0.0);
     assert_eq!(count(&checkout, "outbox_pending_rows"), 0.0);
