@@ -62,10 +62,12 @@ bench-outbox: deps
 bench-auth: deps
 	$(CARGO) bench -p faultline-auth --bench auth
 
-## bench-resilience: per-call overhead of the client stack (vs tower's Timeout + Retry) and
-## the breaker under 8 contending tasks (vs tower-resilience-circuitbreaker)
+## bench-resilience: per-call overhead of the client stack (vs tower's Timeout + Retry), the
+## breaker under 8 contending tasks (vs tower-resilience-circuitbreaker), and the stack's share
+## of a real gRPC call over loopback mTLS
 bench-resilience:
 	$(CARGO) bench -p faultline-resilience
+	$(CARGO) bench -p faultline-e2e --bench grpc_call
 
 ## bench-cache: cache hit vs a raw Redis GET (own redis-server), and hash placement vs the
 ## seed's MD5 ring

@@ -2,11 +2,12 @@
 //!
 //! Embed [`CacheConfig`] in a service's configuration (say as `cache` in checkout) and every
 //! field becomes an environment variable under `CHECKOUT_CACHE__`; call
-//! `config.cache.validate("CHECKOUT_CACHE")` at start (the platform's `ConfigError` takes the
-//! error with `?`). The error type, and its helpers, are `faultline-resilience`'s, so the
+//! `config.cache.validate("CHECKOUT_CACHE")` at start (the platform's `SettingError` takes the
+//! error with `?`). Errors are `faultline-settings`' [`SettingError`], as everywhere, so the
 //! breaker's settings nested here report the same way.
 
-use faultline_resilience::{BreakerConfig, ConfigError};
+use faultline_resilience::BreakerConfig;
+use faultline_settings::{SettingError, join, positive};
 use serde::{Deserialize, Serialize};
 
 /// Settings of one cache (one key space, one value type), its Redis nodes and its L1.
@@ -121,10 +122,10 @@ impl CacheConfig {
 
     /// Rejects settings that cannot work, naming the setting as an environment variable
     /// under `path` (say `CHECKOUT_CACHE`).
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         let urls = self.node_urls();
         if urls.is_empty() {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "NODES",
                 "must name at least one Redis node",
@@ -132,14 +133,14 @@ impl CacheConfig {
         }
         for (i, url) in urls.iter().enumerate() {
             if !url.starts_with("redis://") {
-                return Err(ConfigError::new(
+                return Err(SettingError::new(
                     path,
                     "NODES",
                     format!("`{url}` must be a redis:// URL"),
                 ));
             }
             if urls[..i].contains(url) {
-                return Err(ConfigError::new(
+                return Err(SettingError::new(
                     path,
                     "NODES",
                     format!("`{url}` is listed twice"),
@@ -152,46 +153,45 @@ impl CacheConfig {
                 .chars()
                 .any(|c| c == ':' || c.is_whitespace())
         {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "KEY_PREFIX",
                 "must be non-empty, without `:` or whitespace",
             ));
         }
-        ConfigError::positive(path, "TTL_MS", self.ttl_ms)?;
+        positive(path, "TTL_MS", self.ttl_ms)?;
         if !(0.0..100.0).contains(&self.ttl_jitter_percent) {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "TTL_JITTER_PERCENT",
                 format!("must be within 0..100; got {}", self.ttl_jitter_percent),
             ));
         }
-        ConfigError::positive(path, "NEGATIVE_TTL_MS", self.negative_ttl_ms)?;
+        positive(path, "NEGATIVE_TTL_MS", self.negative_ttl_ms)?;
         if !self.early_refresh_beta.is_finite() || self.early_refresh_beta < 0.0 {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "EARLY_REFRESH_BETA",
                 format!("must be zero or more; got {}", self.early_refresh_beta),
             ));
         }
-        ConfigError::positive(path, "LEASE_TTL_MS", self.lease_ttl_ms)?;
-        ConfigError::positive(path, "LEASE_POLL_MS", self.lease_poll_ms)?;
-        ConfigError::positive(path, "COMMAND_TIMEOUT_MS", self.command_timeout_ms)?;
-        ConfigError::positive(path, "CONNECT_TIMEOUT_MS", self.connect_timeout_ms)?;
+        positive(path, "LEASE_TTL_MS", self.lease_ttl_ms)?;
+        positive(path, "LEASE_POLL_MS", self.lease_poll_ms)?;
+        positive(path, "COMMAND_TIMEOUT_MS", self.command_timeout_ms)?;
+        positive(path, "CONNECT_TIMEOUT_MS", self.connect_timeout_ms)?;
         if !(16..=1024).contains(&self.max_key_bytes) {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "MAX_KEY_BYTES",
                 format!("must be within 16..=1024; got {}", self.max_key_bytes),
             ));
         }
         if self.l1.enabled {
-            let l1 = ConfigError::section(path, "L1");
-            ConfigError::positive(&l1, "TTL_MS", self.l1.ttl_ms)?;
-            ConfigError::positive(&l1, "MAX_ENTRIES", self.l1.max_entries)?;
+            let l1 = join(path, "L1");
+            positive(&l1, "TTL_MS", self.l1.ttl_ms)?;
+            positive(&l1, "MAX_ENTRIES", self.l1.max_entries)?;
         }
-        self.breaker
-            .validate(&ConfigError::section(path, "BREAKER"))
+        self.breaker.validate(&join(path, "BREAKER"))
     }
 }
 

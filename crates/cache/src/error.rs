@@ -8,7 +8,7 @@ pub use crate::node::NodeError;
 pub enum SetupError {
     /// The configuration is invalid (see `CacheConfig::validate`).
     #[error(transparent)]
-    Config(#[from] faultline_resilience::ConfigError),
+    Config(#[from] faultline_settings::SettingError),
     /// A node URL that redis-rs cannot use.
     #[error("Redis node `{node}`: {message}")]
     Node {

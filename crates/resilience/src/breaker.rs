@@ -38,8 +38,8 @@ use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
 use crate::classify::{Classifier, ErrorClass, classify};
-use crate::config::{ConfigError, percent, positive};
 use crate::error::ResilienceError;
+use faultline_settings::{SettingError, percent, positive};
 use window::{FAILURE, RECORDED, SLOW, Tally, Window};
 
 /// How the breaker's window is measured.
@@ -97,13 +97,13 @@ impl Default for BreakerConfig {
 
 impl BreakerConfig {
     /// Rejects settings that cannot work, naming the setting.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         let max_size = match self.window {
             WindowKind::CountBased => 100_000,
             WindowKind::TimeBased => 3_600,
         };
         if !(1..=max_size).contains(&self.window_size) {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "WINDOW_SIZE",
                 format!("must be within 1..={max_size}; got {}", self.window_size),
@@ -111,7 +111,7 @@ impl BreakerConfig {
         }
         positive(path, "MINIMUM_CALLS", u64::from(self.minimum_calls))?;
         if self.window == WindowKind::CountBased && self.window_size < self.minimum_calls {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "WINDOW_SIZE",
                 format!(
@@ -136,7 +136,7 @@ impl BreakerConfig {
         positive(path, "SLOW_CALL_DURATION_MS", self.slow_call_duration_ms)?;
         positive(path, "OPEN_WAIT_MS", self.open_wait_ms)?;
         if !(1..=10_000).contains(&self.half_open_calls) {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "HALF_OPEN_CALLS",
                 format!("must be within 1..=10000; got {}", self.half_open_calls),
@@ -273,32 +273,7 @@ pub struct Permit {
     start: Option<Instant>,
 }
 
-/// A [`Permit`] without its start time, in one word: what the fused client stack keeps
-/// per call, since its future is moved on every call and every byte of it costs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Ticket(std::num::NonZeroU64);
-
-impl Ticket {
-    /// The permit back, with the call's start time if it was taken.
-    #[inline]
-    pub(crate) fn permit(self, start: Option<Instant>) -> Permit {
-        let (generation, state) = decode(self.0.get() - 1);
-        Permit {
-            generation,
-            state,
-            start,
-        }
-    }
-}
-
 impl Permit {
-    /// The permit in one word; the start time, if any, is the caller's to keep.
-    #[inline]
-    pub(crate) fn ticket(&self) -> Ticket {
-        // Off by one so that `Option<Ticket>` is one word too (generations never reach 2^61).
-        Ticket(std::num::NonZeroU64::MIN.saturating_add(encode(self.generation, self.state)))
-    }
-
     /// Starts the call's clock if it is not running: called when a call is first found
     /// waiting, so one answered at once costs no clock read and is never slow.
     #[inline]

@@ -30,8 +30,8 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
-use crate::config::{ConfigError, positive};
 use crate::error::ResilienceError;
+use faultline_settings::{SettingError, positive};
 
 /// Bulkhead settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ impl Default for BulkheadConfig {
 
 impl BulkheadConfig {
     /// Rejects settings that cannot work, naming the setting.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         positive(path, "MAX_CONCURRENT", u64::from(self.max_concurrent))?;
         Ok(())
     }

@@ -26,9 +26,9 @@ use tower::limit::{ConcurrencyLimit, ConcurrencyLimitLayer};
 use tower::load_shed::{LoadShed, LoadShedLayer};
 use tower::{BoxError, Layer, Service};
 
-use crate::config::{ConfigError, join, positive};
 use crate::rate_limit::{RateLimitConfig, RateLimitService, RateLimiter};
 use crate::shed::{AdaptiveLimiter, Priority, PriorityShedService, ShedConfig};
+use faultline_settings::{SettingError, join, positive};
 
 /// Settings for a server edge (`<SERVICE>_EDGE__*`, say).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,12 +54,12 @@ impl Default for EdgeConfig {
 
 impl EdgeConfig {
     /// Validates every part; `path` is this struct's own variable prefix.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         self.rate_limit.validate(&join(path, "RATE_LIMIT"))?;
         self.shed.validate(&join(path, "SHED"))?;
         positive(path, "MAX_CONCURRENT", u64::from(self.max_concurrent))?;
         if self.max_concurrent < self.shed.max_limit {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "MAX_CONCURRENT",
                 format!(

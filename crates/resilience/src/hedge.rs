@@ -22,10 +22,10 @@ use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
 use crate::budget::RetryBudget;
-use crate::config::{ConfigError, percent, positive};
 use crate::deadline::Deadline;
 use crate::latency::LatencyWindow;
 use crate::retry::RetrySafety;
+use faultline_settings::{SettingError, percent, positive};
 
 /// Hedging settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ impl Default for HedgeConfig {
 
 impl HedgeConfig {
     /// Rejects settings that cannot work, naming the setting.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         percent(path, "LATENCY_PERCENTILE", self.latency_percentile, false)?;
         positive(path, "MIN_SAMPLES", self.min_samples)?;
         positive(path, "WINDOW_MS", self.window_ms)
@@ -113,25 +113,6 @@ impl<I> HedgeLayer<I> {
     /// enough samples (always `None` when disabled).
     pub fn delay(&self) -> Option<Duration> {
         self.shared.as_ref()?.latencies.threshold()
-    }
-
-    /// [`HedgeLayer::delay`] at `now`, a clock reading the caller already has.
-    pub(crate) fn delay_at(&self, now: Instant) -> Option<Duration> {
-        self.shared.as_ref()?.latencies.threshold_at(now)
-    }
-
-    /// Whether hedging is on.
-    #[inline]
-    pub(crate) fn is_enabled(&self) -> bool {
-        self.shared.is_some()
-    }
-
-    /// Counts the latency of a successful copy sent at `start` towards the next period's
-    /// percentile.
-    pub(crate) fn record_since(&self, start: Instant) {
-        if let Some(shared) = &self.shared {
-            shared.latencies.record_since(start);
-        }
     }
 }
 
@@ -319,8 +300,8 @@ where
 
 /// The spare copy to send now, if any: its timer has fired, its service is ready and the
 /// budget has a token. Clears the timer (and the spare, if it will never be sent) once the
-/// hedge is decided. Shared by this layer and the fused client stack.
-pub(crate) fn due_spare<S, Req>(
+/// hedge is decided.
+fn due_spare<S, Req>(
     timer: &mut Option<Pin<Box<Sleep>>>,
     spare: &mut Option<(S, Req)>,
     budget: &RetryBudget,

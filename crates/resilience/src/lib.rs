@@ -11,8 +11,7 @@
 //! Two compositions are ready-made:
 //! - [`ClientStack`]: calls to one downstream, in the recommended order
 //!   `bulkhead → total timeout → retry → hedge → throttle → breaker → attempt timeout`
-//!   (see [`stack`] for why that order), as one fused [`ClientService`] or composed layer
-//!   by layer ([`ClientStack::layered`]).
+//!   (see [`stack`] for why that order), composed layer by layer.
 //! - [`EdgeStack`]: a server's front door, `rate limit → priority shed → concurrency cap`,
 //!   with [`RecoverLayer`] turning refusals into the app's own responses.
 //!
@@ -31,7 +30,6 @@ pub mod breaker;
 mod budget;
 mod bulkhead;
 mod classify;
-mod config;
 mod deadline;
 pub mod edge;
 mod error;
@@ -59,7 +57,6 @@ pub use bulkhead::{
 pub use classify::{
     AllErrorsTransient, Classifier, ErrorClass, ErrorRef, HttpStatusClassifier, parse_retry_after,
 };
-pub use config::ConfigError;
 pub use deadline::{Deadline, Scoped};
 pub use edge::{EdgeConfig, EdgeService, EdgeStack, Recover, RecoverFuture, RecoverLayer};
 pub use error::{HttpRejection, ResilienceError};
@@ -75,7 +72,7 @@ pub use retry::{
 pub use shed::{
     AdaptiveLimiter, Priority, PriorityShedLayer, PriorityShedService, ShedConfig, ShedFuture,
 };
-pub use stack::{ClientConfig, ClientFuture, ClientService, ClientStack, LayeredClientService};
+pub use stack::{ClientConfig, ClientService, ClientStack};
 pub use throttle::{
     AdaptiveThrottle, ThrottleConfig, ThrottleFuture, ThrottleLayer, ThrottleService,
     rejection_probability,

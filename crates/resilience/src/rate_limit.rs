@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
-use crate::config::{ConfigError, positive};
 use crate::error::ResilienceError;
 use crate::reject::RejectOr;
+use faultline_settings::{SettingError, positive};
 
 /// Rate limit settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ impl Default for RateLimitConfig {
 
 impl RateLimitConfig {
     /// Rejects settings that cannot work, naming the setting.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         positive(
             path,
             "REQUESTS_PER_SECOND",

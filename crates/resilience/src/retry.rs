@@ -24,9 +24,9 @@ use tower::{BoxError, Layer};
 use crate::backoff::{Backoff, Jitter};
 pub use crate::budget::RetryBudget;
 use crate::classify::{Classifier, ErrorClass, classify};
-use crate::config::{ConfigError, percent, positive};
 use crate::deadline::Deadline;
 use crate::error::ResilienceError;
+use faultline_settings::{SettingError, percent, positive};
 
 /// Retry settings for one downstream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,12 +68,12 @@ impl Default for RetryConfig {
 
 impl RetryConfig {
     /// Rejects settings that cannot work, naming the setting.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         positive(path, "MAX_ATTEMPTS", u64::from(self.max_attempts))?;
         positive(path, "INITIAL_BACKOFF_MS", self.initial_backoff_ms)?;
         positive(path, "MAX_BACKOFF_MS", self.max_backoff_ms)?;
         if self.max_backoff_ms < self.initial_backoff_ms {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "MAX_BACKOFF_MS",
                 format!(
@@ -86,14 +86,18 @@ impl RetryConfig {
         // The budget counts in tenths of its window: under a second it forgets calls before
         // their retries are due, over a minute it remembers traffic long gone.
         if !(1_000..=60_000).contains(&self.budget_window_ms) {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "BUDGET_WINDOW_MS",
                 format!("must be within 1000..=60000; got {}", self.budget_window_ms),
             ));
         }
         if self.budget_min_per_sec >= i32::MAX as u32 {
-            return Err(ConfigError::new(path, "BUDGET_MIN_PER_SEC", "is too large"));
+            return Err(SettingError::new(
+                path,
+                "BUDGET_MIN_PER_SEC",
+                "is too large",
+            ));
         }
         Ok(())
     }
@@ -166,9 +170,8 @@ impl<C, I> RetryPolicy<C, I> {
     }
 }
 
-/// What a retry decision needs that does not change from call to call. The policy above
-/// holds one per call (tower clones it); the fused [`ClientService`](crate::ClientService)
-/// shares one among all its calls and keeps only the [`Progress`] per call.
+/// What a retry decision needs that does not change from call to call, apart from the
+/// [`Progress`] that does.
 #[derive(Debug, Clone)]
 pub(crate) struct RetryRules<C, I> {
     max_attempts: u32,

@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
-use crate::config::{ConfigError, percent, positive};
 use crate::error::ResilienceError;
 use crate::limit::Aimd;
+use faultline_settings::{SettingError, percent, positive};
 
 /// How much a request matters when the server must refuse some.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -82,10 +82,10 @@ impl Default for ShedConfig {
 
 impl ShedConfig {
     /// Rejects settings that cannot work, naming the setting.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         positive(path, "MIN_LIMIT", u64::from(self.min_limit))?;
         if self.max_limit < self.min_limit {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "MAX_LIMIT",
                 format!(
@@ -95,7 +95,7 @@ impl ShedConfig {
             ));
         }
         if !(self.min_limit..=self.max_limit).contains(&self.initial_limit) {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "INITIAL_LIMIT",
                 format!(
@@ -105,7 +105,7 @@ impl ShedConfig {
             ));
         }
         if !(self.backoff_ratio > 0.0 && self.backoff_ratio < 1.0) {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "BACKOFF_RATIO",
                 format!(
@@ -128,7 +128,7 @@ impl ShedConfig {
             false,
         )?;
         if self.sheddable_share_percent > self.normal_share_percent {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "SHEDDABLE_SHARE_PERCENT",
                 "must not exceed NORMAL_SHARE_PERCENT, or sheddable work would outlast normal work",

@@ -21,12 +21,10 @@
 //! Hedging and throttling are off unless their config enables them; a disabled layer is a
 //! pass-through costing a branch.
 //!
-//! [`ClientStack`] builds this order in two shapes that behave alike and share one set of
-//! state: as a [`Layer`] it makes the fused [`ClientService`] (one future for the whole
-//! call, see its module), which is what services use; [`ClientStack::layered`] composes the
-//! separate layers, for reading and for stacks that need a layer of their own in between.
-
-use std::sync::Arc;
+//! [`ClientStack`] is a [`Layer`] that composes the separate layers in that order, as tower
+//! and linkerd2-proxy compose theirs: each layer is small, readable and testable on its own,
+//! and the stack is their sum. What the composition costs per call, and what that is next to
+//! a real gRPC call, is measured in `benches/overhead.rs` (ADR 0005).
 
 use serde::{Deserialize, Serialize};
 use tower::Layer;
@@ -35,18 +33,11 @@ use tower::retry::Retry;
 use crate::breaker::{BreakerConfig, BreakerService, CircuitBreaker};
 use crate::bulkhead::{Bulkhead, BulkheadConfig, BulkheadService};
 use crate::classify::AllErrorsTransient;
-use crate::config::{ConfigError, join};
 use crate::hedge::{HedgeConfig, HedgeLayer, HedgeService};
-use crate::retry::{
-    Idempotent, NeverRetry, RetryBudget, RetryConfig, RetryLayer, RetryPolicy, RetryRules,
-};
+use crate::retry::{Idempotent, NeverRetry, RetryBudget, RetryConfig, RetryLayer, RetryPolicy};
 use crate::throttle::{AdaptiveThrottle, ThrottleConfig, ThrottleService};
 use crate::timeout::{TimeoutConfig, TimeoutLayer, TimeoutService};
-
-mod call;
-
-use call::Parts;
-pub use call::{ClientFuture, ClientService};
+use faultline_settings::{SettingError, join};
 
 /// Everything a client needs for one downstream. Embed it in a service's config, e.g. as
 /// `inventory.resilience`, and every field is a variable:
@@ -71,7 +62,7 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Validates every part; `path` is this struct's own variable prefix, such as
     /// `CHECKOUT_INVENTORY__RESILIENCE`.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         self.timeout.validate(&join(path, "TIMEOUT"))?;
         self.retry.validate(&join(path, "RETRY"))?;
         self.breaker.validate(&join(path, "BREAKER"))?;
@@ -104,7 +95,7 @@ impl ClientStack {
     ///
     /// Validates `config` (services should also validate it at start with their full
     /// variable prefix, which names the setting exactly).
-    pub fn new(name: &str, config: &ClientConfig) -> Result<Self, ConfigError> {
+    pub fn new(name: &str, config: &ClientConfig) -> Result<Self, SettingError> {
         config.validate("")?;
         let budget = RetryBudget::new(&config.retry);
         Ok(Self {
@@ -181,9 +172,9 @@ impl<C, I> ClientStack<C, I> {
     }
 }
 
-/// The same stack composed from the separate layers, as [`ClientStack::layered`] builds
-/// it: the reference the fused [`ClientService`] is tested against.
-pub type LayeredClientService<S, C, I> = BulkheadService<
+/// The service a [`ClientStack`] makes of `S`: the layers of the module docs, outermost
+/// first.
+pub type ClientService<S, C, I> = BulkheadService<
     TimeoutService<
         Retry<
             RetryPolicy<C, I>,
@@ -192,12 +183,10 @@ pub type LayeredClientService<S, C, I> = BulkheadService<
     >,
 >;
 
-impl<C: Clone, I: Clone> ClientStack<C, I> {
-    /// The stack composed layer by layer, in the order of the module docs. Behaves as
-    /// [`ClientStack::layer`]'s fused service and shares its state (breaker, bulkhead,
-    /// budget, throttle), at about twice the per-call cost; for reading, testing, and
-    /// stacks that need a layer inserted between two of ours.
-    pub fn layered<S>(&self, inner: S) -> LayeredClientService<S, C, I> {
+impl<S, C: Clone, I: Clone> Layer<S> for ClientStack<C, I> {
+    type Service = ClientService<S, C, I>;
+
+    fn layer(&self, inner: S) -> Self::Service {
         let attempt = TimeoutLayer::per_attempt(self.config.timeout.attempt()).layer(inner);
         let breaker = self.breaker.layer(self.classifier.clone()).layer(attempt);
         let throttle = self.throttle.layer(self.classifier.clone()).layer(breaker);
@@ -211,27 +200,5 @@ impl<C: Clone, I: Clone> ClientStack<C, I> {
         .layer(hedge);
         let total = TimeoutLayer::total(self.config.timeout.total()).layer(retry);
         self.bulkhead.layer(total)
-    }
-}
-
-impl<S, C: Clone, I: Clone> Layer<S> for ClientStack<C, I> {
-    type Service = ClientService<S, C, I>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        let parts = Parts {
-            bulkhead: self.bulkhead.clone(),
-            total: self.config.timeout.total(),
-            attempt: self.config.timeout.attempt(),
-            retry: RetryRules::new(
-                &self.config.retry,
-                self.budget.clone(),
-                self.classifier.clone(),
-                self.safety.clone(),
-            ),
-            breaker: self.breaker.clone(),
-            throttle: self.throttle.is_enabled().then(|| self.throttle.clone()),
-            hedge: self.hedge.clone(),
-        };
-        ClientService::new(inner, Arc::new(parts))
     }
 }

@@ -24,8 +24,8 @@ use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
 use crate::classify::{Classifier, classify};
-use crate::config::{ConfigError, positive};
 use crate::error::ResilienceError;
+use faultline_settings::{SettingError, positive};
 
 /// Adaptive throttling settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,9 +52,9 @@ impl Default for ThrottleConfig {
 
 impl ThrottleConfig {
     /// Rejects settings that cannot work, naming the setting.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         if !self.k.is_finite() || self.k < 1.0 {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "K",
                 format!(
@@ -65,7 +65,7 @@ impl ThrottleConfig {
         }
         positive(path, "WINDOW_MS", self.window_ms)?;
         if self.window_ms < 1_000 {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "WINDOW_MS",
                 format!(
@@ -217,11 +217,6 @@ impl AdaptiveThrottle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         counts.add(now_sec, 0, 1);
-    }
-
-    /// Whether it throttles at all (a disabled throttle admits everything, counting nothing).
-    pub(crate) fn is_enabled(&self) -> bool {
-        self.state.enabled
     }
 
     /// A layer throttling with this state, judging acceptance with `classifier`.

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
-use crate::config::{ConfigError, positive};
 use crate::deadline::{Deadline, Scoped};
 use crate::error::ResilienceError;
+use faultline_settings::{SettingError, positive};
 
 /// Timeouts for calls to one downstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,11 +46,11 @@ impl Default for TimeoutConfig {
 
 impl TimeoutConfig {
     /// Rejects zero timeouts and an attempt timeout longer than the total.
-    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         positive(path, "TOTAL_MS", self.total_ms)?;
         positive(path, "ATTEMPT_MS", self.attempt_ms)?;
         if self.attempt_ms > self.total_ms {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 path,
                 "ATTEMPT_MS",
                 format!(

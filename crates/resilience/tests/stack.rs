@@ -1,8 +1,6 @@
 //! The recommended stacks, used the way Faultline's services use them.
 //!
-//! Every client scenario runs through both shapes of the same stack: the fused
-//! `ClientStack::layer` the services use, and `ClientStack::layered`, the separate layers
-//! composed in the same order. They must behave alike.
+//! Each client scenario runs on tokio's paused clock, so its timings are exact.
 
 #![allow(clippy::unwrap_used)] // scenarios run from the #[tokio::test]s: a failure should stop loudly
 
@@ -11,45 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use faultline_resilience::{
-    Classifier, ClientConfig, ClientStack, Deadline, EdgeConfig, EdgeStack, HttpRejection, Jitter,
-    Priority, RateLimitConfig, RecoverLayer, ResilienceError, RetryIf, RetrySafety, ShedConfig,
-    State,
+    ClientConfig, ClientStack, Deadline, EdgeConfig, EdgeStack, HttpRejection, Jitter, Priority,
+    RateLimitConfig, RecoverLayer, ResilienceError, RetryIf, ShedConfig, State,
 };
 use tokio::time::Instant;
-use tower::util::BoxCloneService;
-use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower::{BoxError, Layer, ServiceExt, service_fn};
 
 const MS: Duration = Duration::from_millis(1);
-
-/// Which shape of the client stack a scenario runs through.
-#[derive(Debug, Clone, Copy)]
-enum Shape {
-    Fused,
-    Layered,
-}
-
-const SHAPES: [Shape; 2] = [Shape::Fused, Shape::Layered];
-
-impl Shape {
-    fn apply<S, C, I, Req>(
-        self,
-        stack: &ClientStack<C, I>,
-        inner: S,
-    ) -> BoxCloneService<Req, S::Response, BoxError>
-    where
-        S: Service<Req, Error = BoxError> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Response: Send + 'static,
-        C: Classifier<S::Response>,
-        I: RetrySafety<Req>,
-        Req: Clone + Send + 'static,
-    {
-        match self {
-            Shape::Fused => BoxCloneService::new(stack.layer(inner)),
-            Shape::Layered => BoxCloneService::new(stack.layered(inner)),
-        }
-    }
-}
 
 fn client_config() -> ClientConfig {
     let mut config = ClientConfig::default();
@@ -63,7 +29,8 @@ fn client_config() -> ClientConfig {
     config
 }
 
-async fn each_attempt_gets_the_remaining_budget_as_its_deadline_in(shape: Shape) {
+#[tokio::test(start_paused = true)]
+async fn each_attempt_gets_the_remaining_budget_as_its_deadline() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let attempts = Arc::new(AtomicU32::new(0));
     let inner = {
@@ -87,7 +54,7 @@ async fn each_attempt_gets_the_remaining_budget_as_its_deadline_in(shape: Shape)
     let stack = ClientStack::new("inventory", &client_config())
         .unwrap()
         .idempotent();
-    let svc = shape.apply(&stack, inner);
+    let svc = stack.layer(inner);
     let start = Instant::now();
     assert_eq!(svc.oneshot("MUG-04".to_owned()).await.unwrap(), "MUG-04");
 
@@ -101,7 +68,8 @@ async fn each_attempt_gets_the_remaining_budget_as_its_deadline_in(shape: Shape)
     assert_eq!(seen[2].1, MS * 300);
 }
 
-async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call_in(shape: Shape) {
+#[tokio::test(start_paused = true)]
+async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call() {
     let mut config = client_config();
     config.timeout.total_ms = 500;
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -118,7 +86,7 @@ async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call_in(shape: Sh
         })
     };
     let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
-    let svc = shape.apply(&stack, inner);
+    let svc = stack.layer(inner);
     let start = Instant::now();
     let err = svc.oneshot(()).await.unwrap_err();
     assert_eq!(start.elapsed(), MS * 500);
@@ -131,7 +99,8 @@ async fn the_total_deadline_caps_the_last_attempt_and_ends_the_call_in(shape: Sh
 }
 
 #[cfg(feature = "tonic")]
-async fn the_deadline_reaches_the_callee_as_grpc_timeout_in(shape: Shape) {
+#[tokio::test(start_paused = true)]
+async fn the_deadline_reaches_the_callee_as_grpc_timeout() {
     // What the last hop of a gRPC client does: build the tonic request, stamp the deadline.
     let headers = Arc::new(Mutex::new(Vec::new()));
     let inner = {
@@ -157,8 +126,8 @@ async fn the_deadline_reaches_the_callee_as_grpc_timeout_in(shape: Shape) {
         .unwrap()
         .classifier(faultline_resilience::GrpcClassifier)
         .idempotent();
-    let err = shape
-        .apply(&stack, inner)
+    let err = stack
+        .layer(inner)
         .oneshot("MUG-04".to_owned())
         .await
         .unwrap_err();
@@ -174,7 +143,8 @@ async fn the_deadline_reaches_the_callee_as_grpc_timeout_in(shape: Shape) {
     }
 }
 
-async fn an_open_breaker_stops_retries_and_says_when_to_come_back_in(shape: Shape) {
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_stops_retries_and_says_when_to_come_back() {
     let mut config = client_config();
     config.breaker.window_size = 2;
     config.breaker.minimum_calls = 2;
@@ -189,7 +159,7 @@ async fn an_open_breaker_stops_retries_and_says_when_to_come_back_in(shape: Shap
     };
     let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
     let mut events = stack.breaker().subscribe();
-    let err = shape.apply(&stack, inner).oneshot(()).await.unwrap_err();
+    let err = stack.layer(inner).oneshot(()).await.unwrap_err();
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -210,9 +180,8 @@ struct Authorize {
     amount_minor: i64,
 }
 
-async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated_in(
-    shape: Shape,
-) {
+#[tokio::test(start_paused = true)]
+async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated() {
     let received = Arc::new(Mutex::new(Vec::new()));
     let provider = {
         let received = received.clone();
@@ -234,7 +203,7 @@ async fn adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_rep
         .retry_safety(RetryIf(|request: &Authorize| {
             request.idempotency_key.is_some()
         }));
-    let svc = shape.apply(&stack, provider);
+    let svc = stack.layer(provider);
 
     let keyed = Authorize {
         idempotency_key: Some("order-42".into()),
@@ -273,7 +242,8 @@ impl Drop for CancelledOnDrop {
     }
 }
 
-async fn a_slow_attempt_is_hedged_and_the_loser_cancelled_in(shape: Shape) {
+#[tokio::test(start_paused = true)]
+async fn a_slow_attempt_is_hedged_and_the_loser_cancelled() {
     let mut config = client_config();
     config.hedge.enabled = true;
     config.hedge.latency_percentile = 90.0;
@@ -301,7 +271,7 @@ async fn a_slow_attempt_is_hedged_and_the_loser_cancelled_in(shape: Shape) {
         })
     };
     let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
-    let svc = shape.apply(&stack, inner);
+    let svc = stack.layer(inner);
     // Ten calls of 10 ms, then a period boundary, so the p90 (10 ms) is known.
     for _ in 0..10 {
         svc.clone().oneshot(()).await.unwrap();
@@ -316,7 +286,7 @@ async fn a_slow_attempt_is_hedged_and_the_loser_cancelled_in(shape: Shape) {
     let elapsed = start.elapsed();
     assert!(
         elapsed >= MS * 20 && elapsed <= MS * 23,
-        "{shape:?}: answered after {elapsed:?}"
+        "answered after {elapsed:?}"
     );
     assert_eq!(
         cancelled.load(Ordering::SeqCst),
@@ -326,7 +296,8 @@ async fn a_slow_attempt_is_hedged_and_the_loser_cancelled_in(shape: Shape) {
     assert_eq!(stack.breaker().state(), State::Closed);
 }
 
-async fn a_full_bulkhead_refuses_at_once_or_after_its_wait_in(shape: Shape) {
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_refuses_at_once_or_after_its_wait() {
     let mut config = client_config();
     config.bulkhead.max_concurrent = 1;
     let slow = service_fn(|_: ()| async {
@@ -337,7 +308,7 @@ async fn a_full_bulkhead_refuses_at_once_or_after_its_wait_in(shape: Shape) {
     // No waiting: a second call while the first holds the only slot is refused at once.
     config.bulkhead.max_wait_ms = 0;
     let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
-    let svc = shape.apply(&stack, slow);
+    let svc = stack.layer(slow);
     let first = tokio::spawn(svc.clone().oneshot(()));
     tokio::task::yield_now().await;
     let err = svc.clone().oneshot(()).await.unwrap_err();
@@ -350,7 +321,7 @@ async fn a_full_bulkhead_refuses_at_once_or_after_its_wait_in(shape: Shape) {
     // A bounded wait: the second call gets the slot when the first gives it back.
     config.bulkhead.max_wait_ms = 150;
     let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
-    let svc = shape.apply(&stack, slow);
+    let svc = stack.layer(slow);
     let start = Instant::now();
     let first = tokio::spawn(svc.clone().oneshot(()));
     tokio::task::yield_now().await;
@@ -365,7 +336,7 @@ async fn a_full_bulkhead_refuses_at_once_or_after_its_wait_in(shape: Shape) {
     // A wait that runs out.
     config.bulkhead.max_wait_ms = 50;
     let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
-    let svc = shape.apply(&stack, slow);
+    let svc = stack.layer(slow);
     let first = tokio::spawn(svc.clone().oneshot(()));
     tokio::task::yield_now().await;
     let err = svc.clone().oneshot(()).await.unwrap_err();
@@ -376,7 +347,8 @@ async fn a_full_bulkhead_refuses_at_once_or_after_its_wait_in(shape: Shape) {
     first.await.unwrap().unwrap();
 }
 
-async fn the_throttle_refuses_locally_while_the_downstream_fails_in(shape: Shape) {
+#[tokio::test(start_paused = true)]
+async fn the_throttle_refuses_locally_while_the_downstream_fails() {
     let mut config = client_config();
     config.retry.max_attempts = 1;
     config.throttle.enabled = true;
@@ -393,7 +365,7 @@ async fn the_throttle_refuses_locally_while_the_downstream_fails_in(shape: Shape
         })
     };
     let stack = ClientStack::new("inventory", &config).unwrap().idempotent();
-    let svc = shape.apply(&stack, inner);
+    let svc = stack.layer(inner);
     let mut throttled = 0;
     for _ in 0..200 {
         let err = svc.clone().oneshot(()).await.unwrap_err();
@@ -409,39 +381,6 @@ async fn the_throttle_refuses_locally_while_the_downstream_fails_in(shape: Shape
     assert!(throttled >= 150, "only {throttled} of 200 refused locally");
     // A refused call never reaches the downstream: every call was either sent or refused.
     assert_eq!(sent.load(Ordering::SeqCst) + throttled, 200);
-}
-
-/// One `#[tokio::test]` per scenario, running it through each shape in turn.
-macro_rules! through_both_shapes {
-    ($($(#[$attr:meta])* $test:ident => $scenario:ident;)*) => {$(
-        $(#[$attr])*
-        #[tokio::test(start_paused = true)]
-        async fn $test() {
-            for shape in SHAPES {
-                $scenario(shape).await;
-            }
-        }
-    )*};
-}
-
-through_both_shapes! {
-    each_attempt_gets_the_remaining_budget_as_its_deadline
-        => each_attempt_gets_the_remaining_budget_as_its_deadline_in;
-    the_total_deadline_caps_the_last_attempt_and_ends_the_call
-        => the_total_deadline_caps_the_last_attempt_and_ends_the_call_in;
-    #[cfg(feature = "tonic")]
-    the_deadline_reaches_the_callee_as_grpc_timeout
-        => the_deadline_reaches_the_callee_as_grpc_timeout_in;
-    an_open_breaker_stops_retries_and_says_when_to_come_back
-        => an_open_breaker_stops_retries_and_says_when_to_come_back_in;
-    adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated
-        => adapter_retries_reuse_the_idempotency_key_and_unkeyed_calls_are_not_repeated_in;
-    a_slow_attempt_is_hedged_and_the_loser_cancelled
-        => a_slow_attempt_is_hedged_and_the_loser_cancelled_in;
-    a_full_bulkhead_refuses_at_once_or_after_its_wait
-        => a_full_bulkhead_refuses_at_once_or_after_its_wait_in;
-    the_throttle_refuses_locally_while_the_downstream_fails
-        => the_throttle_refuses_locally_while_the_downstream_fails_in;
 }
 
 #[test]
