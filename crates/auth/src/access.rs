@@ -26,12 +26,13 @@ use std::task::{Context, Poll};
 use axum::extract::{FromRef, FromRequestParts, MatchedPath};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
-use http::{HeaderValue, Method, Request, StatusCode, header};
+use http::{Method, Request};
 use tower::{Layer, Service};
 
 use crate::Principal;
-use crate::edge::{DEFAULT_PROBLEM_BASE, DEFAULT_REALM, Unauthenticated, problem};
+use crate::edge::{REALM, Unauthenticated, with_challenge};
 use crate::policy::{AccessRequest, Decision, Policy, Resource};
+use faultline_problem::{Problem, ProblemType};
 
 /// The caller and the policy, for decisions inside a handler. Extract it in any handler
 /// behind an [`crate::AuthLayer`] whose state provides the [`Policy`] (`impl FromRef<AppState>
@@ -122,43 +123,18 @@ impl From<Decision> for Forbidden {
     }
 }
 
-impl Forbidden {
-    /// The answer, with the challenge naming `realm` and the problem type under
-    /// `problem_base`.
-    pub fn response(&self, realm: &str, problem_base: &str) -> Response {
+impl IntoResponse for Forbidden {
+    fn into_response(self) -> Response {
         if self.missing_scopes.is_empty() {
-            return problem(
-                StatusCode::FORBIDDEN,
-                problem_base,
-                "forbidden",
-                "Not allowed",
-                self.reason.clone(),
-            );
+            return Problem::new(ProblemType::Forbidden, self.reason).into_response();
         }
-        let mut response = problem(
-            StatusCode::FORBIDDEN,
-            problem_base,
-            "insufficient-scope",
-            "The access token lacks a scope",
-            self.reason.clone(),
-        );
         // Scope tokens cannot hold quotes or backslashes (RFC 6749 §3.3); strip any anyway.
         let scopes = self.missing_scopes.join(" ").replace(['"', '\\'], "");
         let challenge = format!(
-            "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"the access token lacks a required scope\", scope=\"{scopes}\""
+            "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"the access token lacks a required scope\", scope=\"{scopes}\""
         );
-        if let Ok(value) = HeaderValue::from_str(&challenge) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
-        }
-        response
-    }
-}
-
-impl IntoResponse for Forbidden {
-    fn into_response(self) -> Response {
-        self.response(DEFAULT_REALM, DEFAULT_PROBLEM_BASE)
+        let response = Problem::new(ProblemType::InsufficientScope, self.reason).into_response();
+        with_challenge(response, &challenge)
     }
 }
 

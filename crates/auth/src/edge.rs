@@ -2,11 +2,9 @@
 //! extractor.
 //!
 //! [`AuthLayer`] reads `Authorization: Bearer <token>` (RFC 6750 §2.1), verifies the token
-//! with a [`JwtVerifier`], and puts into the request's extensions:
-//!
-//! - the [`Principal`], which handlers take as an extractor (`principal: Principal`);
-//! - `faultline_idempotency::Caller(subject)`, so an idempotency layer placed after this one
-//!   scopes `Idempotency-Key`s to the caller.
+//! with a [`JwtVerifier`], and puts the [`Principal`] into the request's extensions, where
+//! handlers take it as an extractor (`principal: Principal`) and layers behind this one (an
+//! idempotency layer scoping its keys, a rate limiter keying its buckets) read it.
 //!
 //! Every refusal is an RFC 9457 problem document with an RFC 6750 challenge, and never
 //! reveals more than the error code:
@@ -27,25 +25,22 @@ use std::task::{Context, Poll};
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
-use faultline_idempotency::Caller;
+use faultline_problem::{Problem, ProblemType};
 use http::request::Parts;
-use http::{HeaderValue, Request, StatusCode, Uri, header};
-use problem_details::ProblemDetails;
+use http::{HeaderValue, Request, header};
 use tower::{Layer, Service};
 
 use crate::Principal;
 use crate::jwt::{JwtVerifier, TokenError};
 
-/// Default `realm` of the challenges.
-pub const DEFAULT_REALM: &str = "faultline";
-/// Default prefix of problem `type`s, as in the rest of the API.
-pub const DEFAULT_PROBLEM_BASE: &str = "/problems/";
+/// The `realm` of the challenges.
+pub const REALM: &str = "faultline";
 
 /// Puts [`AuthService`] in front of a service. See the module docs.
 ///
-/// Its challenges name the realm [`DEFAULT_REALM`] and its problem types sit under
-/// [`DEFAULT_PROBLEM_BASE`], as do the 403s of [`crate::AuthorizeLayer`] and
-/// [`crate::Access`], so every refusal of one service reads alike.
+/// Its challenges name the realm [`REALM`] and its problems come from `faultline-problem`'s
+/// catalog, as do the 403s of [`crate::AuthorizeLayer`] and [`crate::Access`], so every
+/// refusal of one service reads alike.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: JwtVerifier,
@@ -101,16 +96,14 @@ where
         Box::pin(async move {
             match authenticate(&layer.verifier, request.headers()).await {
                 Ok(principal) => {
-                    let extensions = request.extensions_mut();
-                    extensions.insert(Caller(principal.subject.clone()));
-                    extensions.insert(principal);
+                    request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }
                 Err(refusal) => {
                     if let Unauthenticated::InvalidToken(reason) = &refusal {
                         tracing::info!(%reason, method = %request.method(), path = request.uri().path(), "access token refused");
                     }
-                    Ok(refusal.response(DEFAULT_REALM, DEFAULT_PROBLEM_BASE))
+                    Ok(refusal.into_response())
                 }
             }
         })
@@ -180,76 +173,50 @@ pub enum Unauthenticated {
     InvalidRequest(&'static str),
 }
 
-impl Unauthenticated {
-    /// The answer, with challenges naming `realm` and problem types under `problem_base`.
-    pub fn response(&self, realm: &str, problem_base: &str) -> Response {
-        let (status, slug, title, challenge, detail) = match self {
+impl IntoResponse for Unauthenticated {
+    fn into_response(self) -> Response {
+        let (kind, challenge, detail) = match self {
             Self::Missing => (
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "Authentication required",
-                format!("Bearer realm=\"{realm}\""),
+                ProblemType::Unauthenticated,
+                format!("Bearer realm=\"{REALM}\""),
                 "send an access token as `Authorization: Bearer <token>`".to_owned(),
             ),
             Self::InvalidToken(reason) => {
                 // Expiry is worth telling a client (it should get a new token); other
                 // reasons would only help someone probing the verifier.
-                let description = if *reason == TokenError::Expired {
+                let description = if reason == TokenError::Expired {
                     "the access token expired"
                 } else {
                     "the access token is invalid"
                 };
                 (
-                    StatusCode::UNAUTHORIZED,
-                    "invalid-token",
-                    "The access token is invalid",
+                    ProblemType::InvalidToken,
                     format!(
-                        "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{description}\""
+                        "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{description}\""
                     ),
                     format!("{description}; get a new one and retry"),
                 )
             }
             Self::InvalidRequest(why) => (
-                StatusCode::BAD_REQUEST,
-                "invalid-authorization",
-                "The Authorization header is malformed",
+                ProblemType::InvalidAuthorization,
                 format!(
-                    "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{why}\""
+                    "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{why}\""
                 ),
-                (*why).to_owned(),
+                why.to_owned(),
             ),
         };
-        let mut response = problem(status, problem_base, slug, title, detail);
-        if let Ok(value) = HeaderValue::from_str(&challenge) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
-        }
+        with_challenge(Problem::new(kind, detail).into_response(), &challenge)
+    }
+}
+
+/// `response` with the RFC 6750 `WWW-Authenticate` challenge.
+pub(crate) fn with_challenge(mut response: Response, challenge: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(challenge) {
         response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
     }
-}
-
-impl IntoResponse for Unauthenticated {
-    fn into_response(self) -> Response {
-        self.response(DEFAULT_REALM, DEFAULT_PROBLEM_BASE)
-    }
-}
-
-/// An RFC 9457 problem document.
-pub(crate) fn problem(
-    status: StatusCode,
-    base: &str,
-    slug: &str,
-    title: &str,
-    detail: String,
-) -> Response {
-    let mut problem = ProblemDetails::from_status_code(status)
-        .with_title(title)
-        .with_detail(detail);
-    if let Ok(uri) = format!("{base}{slug}").parse::<Uri>() {
-        problem = problem.with_type(uri);
-    }
-    problem.into_response()
+    response
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
@@ -280,6 +247,8 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
 
 #[cfg(test)]
 mod tests {
+    use http::StatusCode;
+
     use super::*;
 
     #[test]

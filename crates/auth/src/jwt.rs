@@ -30,10 +30,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Principal;
-use crate::config::{InvalidSetting, positive};
 use crate::jwks::{ALLOWED_ALGORITHMS, Fetcher, JwksError, JwksSource, KeySet};
 use crate::principal::normalized;
 use crate::token_cache::{self, TokenCache};
+use faultline_settings::{SettingError, positive};
 
 /// How access tokens are verified. Every field can be set from the environment under the
 /// section the service gives it (`CHECKOUT_AUTH__ISSUER`, ...).
@@ -80,27 +80,23 @@ impl Default for JwtSettings {
 
 impl JwtSettings {
     /// Rejects settings that cannot work; `section` is where they sit (`CHECKOUT_AUTH`).
-    pub fn validate(&self, section: &str) -> Result<(), InvalidSetting> {
+    pub fn validate(&self, section: &str) -> Result<(), SettingError> {
         if self.issuer.trim().is_empty() {
-            return Err(InvalidSetting::new(section, "issuer", "must not be empty"));
+            return Err(SettingError::new(section, "issuer", "must not be empty"));
         }
         if self.audience.trim().is_empty() {
-            return Err(InvalidSetting::new(
-                section,
-                "audience",
-                "must not be empty",
-            ));
+            return Err(SettingError::new(section, "audience", "must not be empty"));
         }
         match JwksSource::parse(&self.jwks) {
             JwksSource::File(path) if path.as_os_str().is_empty() => {
-                return Err(InvalidSetting::new(
+                return Err(SettingError::new(
                     section,
                     "jwks",
                     "must name a file or an https:// URL",
                 ));
             }
             JwksSource::Url(url) if url.starts_with("http://") && !is_loopback_url(&url) => {
-                return Err(InvalidSetting::new(
+                return Err(SettingError::new(
                     section,
                     "jwks",
                     "must be https:// unless it is on loopback: keys fetched in plain text can be replaced on the way",
@@ -109,7 +105,7 @@ impl JwtSettings {
             _ => {}
         }
         if self.leeway_secs > 300 {
-            return Err(InvalidSetting::new(
+            return Err(SettingError::new(
                 section,
                 "leeway_secs",
                 "must be at most 300: clock skew is seconds, not minutes",
@@ -123,7 +119,7 @@ impl JwtSettings {
         )?;
         positive(section, "fetch_timeout_ms", self.fetch_timeout_ms)?;
         if !(256..=64 * 1024).contains(&self.max_token_bytes) {
-            return Err(InvalidSetting::new(
+            return Err(SettingError::new(
                 section,
                 "max_token_bytes",
                 "must be between 256 and 65536",

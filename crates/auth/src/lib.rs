@@ -4,7 +4,7 @@
 //!
 //! - **The HTTP edge** ([`edge`]): a tower layer that verifies `Authorization: Bearer` JWT
 //!   access tokens ([`jwt`]) against keys from a JWKS ([`jwks`]), puts the typed
-//!   [`Principal`] (and `faultline_idempotency::Caller`) into the request's extensions, and
+//!   [`Principal`] into the request's extensions, and
 //!   answers RFC 6750 `401`s as RFC 9457 problem documents.
 //! - **Authorization as code** ([`policy`], [`access`]): Rego policies evaluated in-process
 //!   with regorus, reloaded from disk without a restart, every decision logged with the
@@ -24,7 +24,6 @@
 
 pub mod access;
 pub mod callers;
-pub mod config;
 pub mod connector;
 #[cfg(feature = "dev")]
 pub mod dev;
@@ -42,7 +41,6 @@ mod watch;
 
 pub use access::{Access, AuthorizeLayer, Forbidden};
 pub use callers::{AllowedCallers, CallContext, CallerAuthLayer, ON_BEHALF_OF, set_on_behalf_of};
-pub use config::InvalidSetting;
 pub use connector::MtlsConnector;
 pub use edge::{AuthLayer, Unauthenticated};
 pub use identity::ServiceId;

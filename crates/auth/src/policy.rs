@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::Principal;
-use crate::config::{InvalidSetting, positive};
 use crate::watch;
+use faultline_settings::{SettingError, positive};
 
 /// Where the policy files are and how often they are checked for changes. Every field can
 /// be set from the environment under the section the service gives it
@@ -71,12 +71,12 @@ impl Default for PolicySettings {
 
 impl PolicySettings {
     /// Rejects settings that cannot work; `section` is where they sit (`CHECKOUT_POLICY`).
-    pub fn validate(&self, section: &str) -> Result<(), InvalidSetting> {
+    pub fn validate(&self, section: &str) -> Result<(), SettingError> {
         if self.dir.as_os_str().is_empty() {
-            return Err(InvalidSetting::new(section, "dir", "must name a directory"));
+            return Err(SettingError::new(section, "dir", "must name a directory"));
         }
         if !self.entrypoint.starts_with("data.") {
-            return Err(InvalidSetting::new(
+            return Err(SettingError::new(
                 section,
                 "entrypoint",
                 "must be a rule path such as data.faultline.authz.decision",

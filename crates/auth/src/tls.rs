@@ -40,9 +40,9 @@ use rustls::{
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{InvalidSetting, positive};
 use crate::identity::{IdentityError, ServiceId};
 use crate::watch;
+use faultline_settings::{SettingError, positive};
 
 /// Where a service's certificate, key and CA are. Set from the environment under the section
 /// the service gives it (`PAYMENTS_MTLS__CERT_FILE`, ...). There is no `Default`: every
@@ -78,14 +78,14 @@ impl MtlsSettings {
     }
 
     /// Rejects settings that cannot work; `section` is where they sit (`PAYMENTS_MTLS`).
-    pub fn validate(&self, section: &str) -> Result<(), InvalidSetting> {
+    pub fn validate(&self, section: &str) -> Result<(), SettingError> {
         for (field, path) in [
             ("ca_file", &self.ca_file),
             ("cert_file", &self.cert_file),
             ("key_file", &self.key_file),
         ] {
             if path.as_os_str().is_empty() {
-                return Err(InvalidSetting::new(section, field, "must name a file"));
+                return Err(SettingError::new(section, field, "must name a file"));
             }
         }
         positive(section, "reload_interval_secs", self.reload_interval_secs)?;

@@ -1,8 +1,8 @@
 //! The HTTP layer: `Idempotency-Key` in front of write endpoints.
 //!
 //! For `POST` and `PATCH` requests the layer validates the key, buffers the body to
-//! fingerprint it, claims the key for the caller (the [`Caller`] extension, else
-//! `anonymous`), and then:
+//! fingerprint it, claims the key for the caller (whoever [`IdempotencyLayer::scoped_by`]
+//! names, else `anonymous`), and then:
 //!
 //! | the key is ...                        | answer                                          |
 //! |---------------------------------------|-------------------------------------------------|
@@ -18,8 +18,8 @@
 //! between the two replays nothing and the retry runs the handler again), and releases the
 //! key after an unsuccessful one, so the client can fix the request and retry.
 //!
-//! Problem documents follow RFC 9457; their `type` is `<base><slug>` with a configurable base
-//! (`/problems/` by default), so they match the application's own problem types.
+//! Refusals are RFC 9457 problem documents from `faultline-problem`'s catalog, the same
+//! types the application answers with.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,14 +29,13 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use faultline_problem::{Problem, ProblemType};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use problem_details::ProblemDetails;
 use sqlx::PgConnection;
 use tokio::sync::Mutex;
 use tower::{Layer, Service};
 
-use crate::Caller;
 use crate::fingerprint::Fingerprint;
 use crate::key::{IdempotencyKey, KeyError};
 use crate::store::{Claim, Lease, LeaseError, Store, StoredResponse};
@@ -49,33 +48,52 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 /// Response headers worth replaying when the layer stores a response itself.
 const REPLAYED_HEADERS: [HeaderName; 2] = [header::CONTENT_TYPE, header::LOCATION];
 
+/// Who sent a request, read from what the layers in front of this one left in it.
+type Scope = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
+
 /// Puts [`IdempotencyService`] in front of a service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IdempotencyLayer {
     store: Store,
     required: bool,
-    problem_base: Arc<str>,
+    scope: Scope,
+}
+
+impl std::fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("store", &self.store)
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
 }
 
 impl IdempotencyLayer {
-    /// A layer using `store`; the key is optional and problems are typed `/problems/<slug>`.
+    /// A layer using `store`; the key is optional and every caller shares the scope
+    /// `anonymous`.
     pub fn new(store: Store) -> Self {
         Self {
             store,
             required: false,
-            problem_base: Arc::from("/problems/"),
+            scope: Arc::new(|_| None),
         }
+    }
+
+    /// Keys are scoped to whoever `caller` names (say the authenticated subject, from the
+    /// principal an authentication layer in front put into the extensions), so two callers
+    /// choosing the same key never meet. The layer knows no authentication scheme: the
+    /// service that composes the two says how one informs the other.
+    pub fn scoped_by(
+        mut self,
+        caller: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.scope = Arc::new(caller);
+        self
     }
 
     /// Makes the key mandatory: a write request without one gets `400`.
     pub fn required(mut self) -> Self {
         self.required = true;
-        self
-    }
-
-    /// Sets the prefix of the problem documents' `type`.
-    pub fn problem_type_base(mut self, base: &str) -> Self {
-        self.problem_base = Arc::from(base);
         self
     }
 }
@@ -167,14 +185,13 @@ where
     if !matches!(*request.method(), Method::POST | Method::PATCH) {
         return call(&mut inner, request).await;
     }
-    let problems = Problems(&layer.problem_base);
     let key = match request.headers().get(&IDEMPOTENCY_KEY) {
-        None if layer.required => return problems.bad_key(KeyError::Missing),
+        None if layer.required => return bad_key(KeyError::Missing),
         None => return call(&mut inner, request).await,
         Some(value) => match value.to_str() {
             Ok(raw) => match IdempotencyKey::parse(raw) {
                 Ok(key) => key,
-                Err(error) => return problems.bad_key(error),
+                Err(error) => return bad_key(error),
             },
             Err(_) => {
                 let position = value
@@ -182,7 +199,7 @@ where
                     .iter()
                     .position(|b| !b.is_ascii())
                     .unwrap_or(0);
-                return problems.bad_key(KeyError::ForbiddenCharacter(
+                return bad_key(KeyError::ForbiddenCharacter(
                     char::REPLACEMENT_CHARACTER,
                     position,
                 ));
@@ -196,17 +213,13 @@ where
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
             return if error.is::<http_body_util::LengthLimitError>() {
-                problems.body_too_large(max)
+                body_too_large(max)
             } else {
-                problems.unreadable_body()
+                unreadable_body()
             };
         }
     };
-    let caller = parts
-        .extensions
-        .get::<Caller>()
-        .map(|c| c.0.clone())
-        .unwrap_or_else(|| "anonymous".to_owned());
+    let caller = (layer.scope)(&parts).unwrap_or_else(|| "anonymous".to_owned());
     let path = parts
         .uri
         .path_and_query()
@@ -217,13 +230,13 @@ where
     let lease = match layer.store.claim(&caller, &key, fingerprint).await {
         Err(error) => {
             tracing::warn!(%error, "idempotency store unavailable");
-            return problems.unavailable();
+            return store_unavailable();
         }
         Ok(Claim::Completed(stored)) => return replay(stored),
         Ok(Claim::InFlight { .. }) => {
-            return problems.in_flight(layer.store.config().retry_after_secs);
+            return in_flight(layer.store.config().retry_after_secs);
         }
-        Ok(Claim::Mismatch) => return problems.reused(),
+        Ok(Claim::Mismatch) => return reused(),
         Ok(Claim::Owned(lease)) => lease,
     };
 
@@ -305,84 +318,55 @@ fn replay(stored: StoredResponse) -> Response {
     response
 }
 
-/// The layer's problem documents.
-struct Problems<'a>(&'a str);
+/// The layer's refusals, from the API's one catalog of problem types.
+fn bad_key(error: KeyError) -> Response {
+    let kind = if error == KeyError::Missing {
+        ProblemType::IdempotencyKeyMissing
+    } else {
+        ProblemType::IdempotencyKeyInvalid
+    };
+    Problem::new(kind, error.to_string()).into_response()
+}
 
-impl Problems<'_> {
-    fn problem(&self, status: StatusCode, slug: &str, title: &str, detail: String) -> Response {
-        let mut problem = ProblemDetails::from_status_code(status)
-            .with_title(title)
-            .with_detail(detail);
-        if let Ok(uri) = format!("{}{slug}", self.0).parse::<Uri>() {
-            problem = problem.with_type(uri);
-        }
-        problem.into_response()
-    }
+fn reused() -> Response {
+    Problem::new(
+        ProblemType::IdempotencyKeyReused,
+        "this Idempotency-Key was already used for a different request; use a new key for a \
+         new request",
+    )
+    .into_response()
+}
 
-    fn bad_key(&self, error: KeyError) -> Response {
-        let slug = if error == KeyError::Missing {
-            "idempotency-key-missing"
-        } else {
-            "idempotency-key-invalid"
-        };
-        self.problem(
-            StatusCode::BAD_REQUEST,
-            slug,
-            "Bad Idempotency-Key",
-            error.to_string(),
-        )
-    }
+fn in_flight(retry_after_secs: u64) -> Response {
+    Problem::new(
+        ProblemType::IdempotencyKeyInFlight,
+        "a request with this Idempotency-Key is still being processed; retry after the \
+         indicated time to get its result",
+    )
+    .retry_after(retry_after_secs)
+    .into_response()
+}
 
-    fn reused(&self) -> Response {
-        self.problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency-key-reused",
-            "Idempotency-Key reused",
-            "this Idempotency-Key was already used for a different request; use a new key for a new request".into(),
-        )
-    }
+fn body_too_large(max: usize) -> Response {
+    Problem::new(
+        ProblemType::BodyTooLarge,
+        format!("the body exceeds {max} bytes"),
+    )
+    .into_response()
+}
 
-    fn in_flight(&self, retry_after_secs: u64) -> Response {
-        let mut response = self.problem(
-            StatusCode::CONFLICT,
-            "idempotency-key-in-flight",
-            "Request in progress",
-            "a request with this Idempotency-Key is still being processed; retry after the indicated time to get its result".into(),
-        );
-        if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        response
-    }
+fn unreadable_body() -> Response {
+    Problem::new(
+        ProblemType::UnreadableBody,
+        "the request body ended early or could not be decoded",
+    )
+    .into_response()
+}
 
-    fn body_too_large(&self, max: usize) -> Response {
-        self.problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "The body is too large",
-            format!("the body exceeds {max} bytes"),
-        )
-    }
-
-    fn unreadable_body(&self) -> Response {
-        self.problem(
-            StatusCode::BAD_REQUEST,
-            "unreadable-body",
-            "The body could not be read",
-            "the request body ended early or could not be decoded".into(),
-        )
-    }
-
-    fn unavailable(&self) -> Response {
-        let mut response = self.problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "dependency-unavailable",
-            "A dependency is unavailable; retry later",
-            "the idempotency store is unavailable".into(),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        response
-    }
+fn store_unavailable() -> Response {
+    Problem::new(
+        ProblemType::DependencyUnavailable,
+        "the idempotency store is unavailable",
+    )
+    .into_response()
 }

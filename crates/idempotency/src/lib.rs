@@ -34,15 +34,16 @@ use sqlx::PgPool;
 /// Name of the table that records this crate's migrations, apart from the application's.
 pub const MIGRATIONS_TABLE: &str = "_faultline_idempotency_migrations";
 
-/// Creates or upgrades the `idempotency_keys` table in the database behind `pool`.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+/// The migrations of the `idempotency_keys` table, kept apart from the service's own under
+/// [`MIGRATIONS_TABLE`]. A service lists them with its own and runs them all at start
+/// (`faultline_platform::lifecycle::Lifecycle::begin`).
+pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator.run(pool).await
+    migrator
 }
 
-/// Who is calling, as the key's scope. An authentication layer in front of the idempotency
-/// layer inserts it into the request's extensions; requests without one share the scope
-/// `anonymous`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller(pub String);
+/// Creates or upgrades the `idempotency_keys` table in the database behind `pool`.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator().run(pool).await
+}

@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use faultline_settings::{SettingError, join, positive};
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgConnection, PgPool};
 use uuid::Uuid;
@@ -59,24 +60,19 @@ impl Default for IdempotencyConfig {
 }
 
 impl IdempotencyConfig {
-    /// Rejects values that cannot work; the message names the setting under `prefix`
-    /// (for example `CHECKOUT_IDEMPOTENCY`).
-    pub fn validate(&self, prefix: &str) -> Result<(), String> {
-        let checks = [
-            ("TTL_SECS", self.ttl_secs),
-            ("LEASE_MS", self.lease_ms),
-            ("RETRY_AFTER_SECS", self.retry_after_secs),
-            ("MAX_BODY_BYTES", self.max_body_bytes as u64),
-            ("REAP_INTERVAL_SECS", self.reap_interval_secs),
-        ];
-        for (name, value) in checks {
-            if value == 0 {
-                return Err(format!("{prefix}__{name} must be greater than zero"));
-            }
-        }
+    /// Rejects values that cannot work, naming the setting under `path` (for example
+    /// `CHECKOUT_IDEMPOTENCY`).
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
+        positive(path, "TTL_SECS", self.ttl_secs)?;
+        positive(path, "LEASE_MS", self.lease_ms)?;
+        positive(path, "RETRY_AFTER_SECS", self.retry_after_secs)?;
+        positive(path, "MAX_BODY_BYTES", self.max_body_bytes as u64)?;
+        positive(path, "REAP_INTERVAL_SECS", self.reap_interval_secs)?;
         if self.lease_ms / 1000 >= self.ttl_secs {
-            return Err(format!(
-                "{prefix}__LEASE_MS must be shorter than {prefix}__TTL_SECS"
+            return Err(SettingError::new(
+                path,
+                "LEASE_MS",
+                format!("must be shorter than {}", join(path, "TTL_SECS")),
             ));
         }
         Ok(())

@@ -277,10 +277,9 @@ fn configuration_is_checked_by_name() {
         lease_ms: 0,
         ..IdempotencyConfig::default()
     };
-    assert!(
-        zero.validate("CHECKOUT_IDEMPOTENCY")
-            .unwrap_err()
-            .contains("CHECKOUT_IDEMPOTENCY__LEASE_MS")
+    assert_eq!(
+        zero.validate("CHECKOUT_IDEMPOTENCY").unwrap_err().setting,
+        "CHECKOUT_IDEMPOTENCY__LEASE_MS"
     );
     let inverted = IdempotencyConfig {
         ttl_secs: 5,

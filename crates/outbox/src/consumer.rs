@@ -677,25 +677,12 @@ fn full_jitter(base: Duration, max: Duration, step: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
-/// True when the error says the database cannot be reached at all (as opposed to refusing
-/// this particular record).
+/// True when the handler could not reach what it needs (the database, or a dependency it
+/// said was unavailable), as opposed to refusing this particular record.
 fn is_unavailable(error: &HandlerError) -> bool {
-    let error = match error {
-        HandlerError::Unavailable(_) => return true,
-        HandlerError::Database(error) => error,
-        _ => return false,
-    };
     match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 57P01-3: server shutting down or starting;
-            // 53300: too many connections.
-            code.starts_with("08") || code.starts_with("57P") || code == "53300"
-        }),
+        HandlerError::Unavailable(_) => true,
+        HandlerError::Database(error) => faultline_postgres::is_unreachable(error),
         _ => false,
     }
 }

@@ -44,9 +44,16 @@ use sqlx::PgPool;
 /// from the application's `_sqlx_migrations` so both histories can evolve independently.
 pub const MIGRATIONS_TABLE: &str = "_faultline_outbox_migrations";
 
-/// Creates or upgrades the `outbox` and `inbox` tables in the database behind `pool`.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+/// The migrations of the `outbox` and `inbox` tables, kept apart from the service's own under
+/// [`MIGRATIONS_TABLE`]. A service lists them with its own and runs them all at start
+/// (`faultline_platform::lifecycle::Lifecycle::begin`).
+pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator.run(pool).await
+    migrator
+}
+
+/// Creates or upgrades the `outbox` and `inbox` tables in the database behind `pool`.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator().run(pool).await
 }

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 
 use faultline_auth::Secret;
+use faultline_settings::{SettingError, join, positive};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -19,38 +20,10 @@ pub enum ConfigError {
     /// A value could not be read or has the wrong type.
     #[error("configuration could not be loaded: {0}")]
     Load(#[from] Box<figment::Error>),
-    /// A value was read but is not acceptable.
-    #[error("invalid setting `{setting}`: {reason}")]
-    Invalid {
-        /// Name of the setting as an environment variable would spell it.
-        setting: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    /// Shorthand for [`ConfigError::Invalid`].
-    pub fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            setting: setting.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-/// The shared crates validate their own sections and name the setting the same way; `?`
-/// turns their errors into this one.
-impl From<faultline_resilience::ConfigError> for ConfigError {
-    fn from(error: faultline_resilience::ConfigError) -> Self {
-        Self::invalid(error.setting, error.reason)
-    }
-}
-
-impl From<faultline_auth::InvalidSetting> for ConfigError {
-    fn from(error: faultline_auth::InvalidSetting) -> Self {
-        Self::invalid(error.setting, error.reason)
-    }
+    /// A value was read but is not acceptable. Every crate's `validate(path)` reports this
+    /// one error type, so `?` brings it here.
+    #[error(transparent)]
+    Invalid(#[from] SettingError),
 }
 
 /// Loads `T` from its defaults, the optional file and the environment (see the module docs).
@@ -101,30 +74,23 @@ impl DatabaseSettings {
         }
     }
 
-    /// Rejects settings that cannot work.
-    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+    /// Rejects settings that cannot work; `path` is the section's variable prefix
+    /// (`CHECKOUT_DATABASE`).
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         if !self.url.starts_with("postgres://") && !self.url.starts_with("postgresql://") {
-            return Err(ConfigError::invalid(
-                format!("{prefix}_DATABASE__URL"),
-                "must be a postgres:// URL",
-            ));
+            return Err(SettingError::new(path, "URL", "must be a postgres:// URL"));
         }
         if url_has_password(&self.url) {
-            return Err(ConfigError::invalid(
-                format!("{prefix}_DATABASE__URL"),
+            return Err(SettingError::new(
+                path,
+                "URL",
                 format!(
-                    "must not carry a password; set {prefix}_DATABASE__PASSWORD instead, which \
-                     is never logged"
+                    "must not carry a password; set {} instead, which is never logged",
+                    join(path, "PASSWORD")
                 ),
             ));
         }
-        if self.max_connections == 0 {
-            return Err(ConfigError::invalid(
-                format!("{prefix}_DATABASE__MAX_CONNECTIONS"),
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        positive(path, "MAX_CONNECTIONS", u64::from(self.max_connections))
     }
 }
 
@@ -176,25 +142,23 @@ impl KafkaSettings {
         format!("{}{topic}", self.topic_prefix)
     }
 
-    /// Rejects settings that cannot work.
-    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+    /// Rejects settings that cannot work; `path` is the section's variable prefix
+    /// (`CHECKOUT_KAFKA`).
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         if self.brokers.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{prefix}_KAFKA__BROKERS"),
+            return Err(SettingError::new(
+                path,
+                "BROKERS",
                 "must name at least one broker",
             ));
         }
-        if self.partitions < 1 {
-            return Err(ConfigError::invalid(
-                format!("{prefix}_KAFKA__PARTITIONS"),
-                "must be at least 1",
-            ));
-        }
-        if self.replication_factor < 1 {
-            return Err(ConfigError::invalid(
-                format!("{prefix}_KAFKA__REPLICATION_FACTOR"),
-                "must be at least 1",
-            ));
+        for (field, value) in [
+            ("PARTITIONS", self.partitions),
+            ("REPLICATION_FACTOR", self.replication_factor),
+        ] {
+            if value < 1 {
+                return Err(SettingError::new(path, field, "must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -223,17 +187,14 @@ impl Default for LifecycleSettings {
 }
 
 impl LifecycleSettings {
-    /// Rejects settings that cannot work.
-    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
-        if self.grace_period_ms == 0 {
-            return Err(ConfigError::invalid(
-                format!("{prefix}_LIFECYCLE__GRACE_PERIOD_MS"),
-                "must be greater than zero",
-            ));
-        }
+    /// Rejects settings that cannot work; `path` is the section's variable prefix
+    /// (`CHECKOUT_LIFECYCLE`).
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
+        positive(path, "GRACE_PERIOD_MS", self.grace_period_ms)?;
         if self.drain_delay_ms >= self.grace_period_ms {
-            return Err(ConfigError::invalid(
-                format!("{prefix}_LIFECYCLE__DRAIN_DELAY_MS"),
+            return Err(SettingError::new(
+                path,
+                "DRAIN_DELAY_MS",
                 "must be shorter than the grace period",
             ));
         }
@@ -300,7 +261,10 @@ mod tests {
                 url: url.into(),
                 ..DatabaseSettings::local("x")
             };
-            let err = settings.validate("CHECKOUT").unwrap_err().to_string();
+            let err = settings
+                .validate("CHECKOUT_DATABASE")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("CHECKOUT_DATABASE__PASSWORD"), "{url}: {err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
@@ -312,7 +276,7 @@ mod tests {
                 url: url.into(),
                 ..DatabaseSettings::local("x")
             };
-            assert!(settings.validate("CHECKOUT").is_ok(), "{url}");
+            assert!(settings.validate("CHECKOUT_DATABASE").is_ok(), "{url}");
         }
     }
 
@@ -361,7 +325,7 @@ mod tests {
             partitions: 0,
             ..KafkaSettings::default()
         };
-        let err = kafka.validate("CHECKOUT").unwrap_err();
+        let err = kafka.validate("CHECKOUT_KAFKA").unwrap_err();
         assert!(
             err.to_string().contains("CHECKOUT_KAFKA__PARTITIONS"),
             "{err}"

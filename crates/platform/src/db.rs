@@ -80,14 +80,16 @@ pub enum OpenError {
     Admin(#[from] std::io::Error),
 }
 
-/// Connects (creating the database if needed), then applies the service's migrations and the
-/// outbox/inbox tables' own migrations.
+/// Connects (creating the database if needed), then applies `migrations` in order: the
+/// service's own and those of each shared crate whose tables it uses (outbox and inbox,
+/// idempotency keys), all listed by the service in one place.
 pub async fn open(
     settings: &DatabaseSettings,
-    migrator: &sqlx::migrate::Migrator,
+    migrations: &[&sqlx::migrate::Migrator],
 ) -> Result<PgPool, OpenError> {
     let pool = connect(settings).await?;
-    migrator.run(&pool).await?;
-    faultline_outbox::migrate(&pool).await?;
+    for migrator in migrations {
+        migrator.run(&pool).await?;
+    }
     Ok(pool)
 }

@@ -13,13 +13,10 @@ use tonic_health::server::HealthReporter;
 use crate::health::Health;
 
 /// Turns a database error into a status a client can act on: `UNAVAILABLE` (retry later)
-/// when the database cannot be reached, `INTERNAL` otherwise. Details are logged, not sent.
+/// when the database cannot be reached ([`faultline_postgres::is_unreachable`]), `INTERNAL`
+/// otherwise. Details are logged, not sent.
 pub fn database_status(error: &sqlx::Error) -> Status {
-    let unavailable = matches!(
-        error,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-    );
-    if unavailable {
+    if faultline_postgres::is_unreachable(error) {
         tracing::warn!(%error, "database unavailable");
         Status::unavailable("the service's database is unavailable; retry later")
     } else {

@@ -54,13 +54,14 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// Serves the probes, `/metrics` and the service's own operator routes `admin_routes`
-    /// (reporting "starting"), opens and migrates the database, makes readiness depend on
-    /// it, and arms the shutdown sequence on `shutdown`.
+    /// (reporting "starting"), opens the database and applies `migrations` (the service's
+    /// and each shared crate's it uses, in order), makes readiness depend on it, and arms the
+    /// shutdown sequence on `shutdown`.
     pub async fn begin(
         admin: &AdminSettings,
         database: &DatabaseSettings,
         settings: &LifecycleSettings,
-        migrator: &Migrator,
+        migrations: &[&Migrator],
         metrics: Metrics,
         admin_routes: Router,
         shutdown: &CancellationToken,
@@ -113,7 +114,7 @@ impl Lifecycle {
             });
         }
 
-        let pool = db::open(database, migrator).await?;
+        let pool = db::open(database, migrations).await?;
         let check_pool = pool.clone();
         health.add_check("database", move || {
             let pool = check_pool.clone();

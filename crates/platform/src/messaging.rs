@@ -1,9 +1,10 @@
 //! Typed messages on the outbox and inbox: the glue between the protobuf contracts
 //! (`faultline-proto`) and the transport-neutral `faultline-outbox`.
 //!
-//! Services publish a typed message with [`publish`] inside their transaction and read a
-//! received record with [`open_envelope`] and [`open`], whose errors already say that a
-//! message that cannot be read will never become readable (so it is parked).
+//! Services publish a typed message with [`publish`] inside their transaction (a saga
+//! participant answers a command with [`Reply`]) and read a received record with
+//! [`open_envelope`] and [`open`], whose errors already say that a message that cannot be
+//! read will never become readable (so it is parked).
 //!
 //! [`Messaging::start`] wires a service to Kafka: it creates the topics the service needs,
 //! then runs its outbox relay and its consumer loop until shutdown, with readiness checks
@@ -64,6 +65,34 @@ pub async fn publish<M: Message + Name>(
     }
     enqueue(tx, &row).await?;
     Ok(envelope)
+}
+
+/// The answer to a received command: it goes to the participant's events topic, about the
+/// command's order, in the command's correlation and caused by it. Sending consumes it, so
+/// a handler answers each command once.
+#[derive(Debug)]
+pub struct Reply<'a> {
+    topic: &'a str,
+    provenance: Provenance,
+}
+
+impl<'a> Reply<'a> {
+    /// The reply to the command in `envelope`, from `producer`, on `topic`.
+    pub fn to(envelope: &Envelope, topic: &'a str, producer: &'static str) -> Self {
+        Self {
+            topic,
+            provenance: envelope.reply_provenance(producer),
+        }
+    }
+
+    /// Writes `event` to the outbox on `tx`, the command's inbox transaction.
+    pub async fn send<M: Message + Name>(
+        self,
+        tx: &mut PgConnection,
+        event: &M,
+    ) -> Result<Envelope, sqlx::Error> {
+        publish(tx, self.topic, "order", event, self.provenance).await
+    }
 }
 
 /// Decodes the envelope of a received record; a record that is not one is parked.

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, FromRef, Path, State};
-use axum::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::http::{Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -34,15 +34,15 @@ use faultline_auth::{
     Access, AuthLayer, AuthorizeLayer, Forbidden, JwtVerifier, Policy, Principal, Resource,
 };
 use faultline_idempotency::layer::{IdempotencyLayer, IdempotencyLease, stored_response};
-use faultline_idempotency::{Caller, LeaseError, Store};
+use faultline_idempotency::{LeaseError, Store};
 use faultline_platform::drain::DrainBodyLayer;
+use faultline_problem::{Problem, ProblemType};
 use faultline_proto::contract::validate_sku;
 use faultline_resilience::{EdgeConfig, EdgeStack, HttpRejection, Priority, RecoverLayer};
 use faultline_telemetry::http::HttpServerLayer;
 use faultline_telemetry::metrics::Metrics;
-use problem_details::ProblemDetails;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::{BoxError, ServiceBuilder};
 use uuid::Uuid;
@@ -93,9 +93,11 @@ pub fn router(
     let authorize = AuthorizeLayer::new(state.policy.clone());
     // The policy decides before the key is claimed: a refused request must not hold a key.
     let place = post(place_order).layer(
-        ServiceBuilder::new()
-            .layer(authorize.clone())
-            .layer(IdempotencyLayer::new(idempotency).required()),
+        ServiceBuilder::new().layer(authorize.clone()).layer(
+            IdempotencyLayer::new(idempotency)
+                .required()
+                .scoped_by(|parts| Some(parts.extensions.get::<Principal>()?.subject.clone())),
+        ),
     );
     let edge = ServiceBuilder::new()
         .layer(RecoverLayer::new(render_rejection))
@@ -124,9 +126,6 @@ fn caller_key(request: &Request<Body>) -> String {
             Some(tenant) => format!("tenant:{tenant}"),
             None => format!("sub:{}", principal.subject),
         };
-    }
-    if let Some(Caller(caller)) = request.extensions().get::<Caller>() {
-        return caller.clone();
     }
     request
         .extensions()
@@ -398,15 +397,12 @@ impl From<JsonRejection> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-                tracing::warn!(%error, "database unavailable");
-                Self::Unavailable("the order database is unavailable".into())
-            }
-            error => {
-                tracing::error!(%error, "database error");
-                Self::Internal
-            }
+        if faultline_postgres::is_unreachable(&error) {
+            tracing::warn!(%error, "database unavailable");
+            Self::Unavailable("the order database is unavailable".into())
+        } else {
+            tracing::error!(%error, "database error");
+            Self::Internal
         }
     }
 }
@@ -440,74 +436,21 @@ impl From<PlaceOrderError> for ApiError {
     }
 }
 
-/// A problem document under construction.
-struct Problem {
-    status: StatusCode,
-    slug: &'static str,
-    title: &'static str,
-    detail: String,
-    extensions: Map<String, Value>,
-    retry_after_secs: Option<u64>,
-}
-
-impl Problem {
-    fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: String) -> Self {
-        Self {
-            status,
-            slug,
-            title,
-            detail,
-            extensions: Map::new(),
-            retry_after_secs: None,
-        }
-    }
-
-    fn with(mut self, key: &str, value: Value) -> Self {
-        self.extensions.insert(key.to_owned(), value);
-        self
-    }
-}
-
 impl ApiError {
     /// The problem to answer with; a policy refusal is the auth crate's to render (with its
     /// RFC 6750 challenge), so it comes back as it is.
     fn problem(self) -> Result<Problem, Forbidden> {
-        use StatusCode as S;
+        use ProblemType as T;
         Ok(match self {
             Self::Body(rejection) => {
-                let detail = rejection.body_text();
-                match rejection {
-                    JsonRejection::JsonSyntaxError(_) => Problem::new(
-                        S::BAD_REQUEST,
-                        "malformed-json",
-                        "The body is not valid JSON",
-                        detail,
-                    ),
-                    JsonRejection::JsonDataError(_) => Problem::new(
-                        S::UNPROCESSABLE_ENTITY,
-                        "invalid-body",
-                        "The body does not have the expected shape",
-                        detail,
-                    ),
-                    JsonRejection::MissingJsonContentType(_) => Problem::new(
-                        S::UNSUPPORTED_MEDIA_TYPE,
-                        "unsupported-media-type",
-                        "The body must be application/json",
-                        detail,
-                    ),
-                    other if other.status() == S::PAYLOAD_TOO_LARGE => Problem::new(
-                        S::PAYLOAD_TOO_LARGE,
-                        "body-too-large",
-                        "The body is too large",
-                        detail,
-                    ),
-                    other => Problem::new(
-                        other.status(),
-                        "unreadable-body",
-                        "The body could not be read",
-                        detail,
-                    ),
-                }
+                let kind = match &rejection {
+                    JsonRejection::JsonSyntaxError(_) => T::MalformedJson,
+                    JsonRejection::JsonDataError(_) => T::InvalidBody,
+                    JsonRejection::MissingJsonContentType(_) => T::UnsupportedMediaType,
+                    other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => T::BodyTooLarge,
+                    _ => T::UnreadableBody,
+                };
+                Problem::new(kind, rejection.body_text())
             }
             Self::Invalid(errors) => {
                 let detail = errors
@@ -519,37 +462,20 @@ impl ApiError {
                     .into_iter()
                     .map(|e| json!({ "field": e.field, "message": e.message }))
                     .collect();
-                Problem::new(
-                    S::UNPROCESSABLE_ENTITY,
-                    "invalid-order",
-                    "The order is invalid",
-                    detail,
-                )
-                .with("errors", Value::Array(list))
+                Problem::new(T::InvalidOrder, detail).with("errors", Value::Array(list))
             }
             Self::UnknownProducts(skus) => Problem::new(
-                S::UNPROCESSABLE_ENTITY,
-                "unknown-products",
-                "The order names products that do not exist",
+                T::UnknownProducts,
                 format!("unknown SKUs: {}", skus.join(", ")),
             )
             .with("unknown_skus", json!(skus)),
-            Self::Unpriceable(reason) => Problem::new(
-                S::UNPROCESSABLE_ENTITY,
-                "unpriceable-order",
-                "The order cannot be priced",
-                reason,
-            ),
+            Self::Unpriceable(reason) => Problem::new(T::UnpriceableOrder, reason),
             Self::OrderNotFound(id) => Problem::new(
-                S::NOT_FOUND,
-                "order-not-found",
-                "No such order",
+                T::OrderNotFound,
                 format!("there is no order with id {id:?}"),
             ),
             Self::ProductNotFound(sku) => Problem::new(
-                S::NOT_FOUND,
-                "product-not-found",
-                "No such product",
+                T::ProductNotFound,
                 format!("there is no product with SKU {sku:?}"),
             ),
             Self::Refused {
@@ -557,77 +483,41 @@ impl ApiError {
                 retry_after_secs,
                 detail,
             } => {
-                let (slug, title) = match status {
-                    S::TOO_MANY_REQUESTS => ("rate-limited", "Too many requests; slow down"),
-                    S::GATEWAY_TIMEOUT => ("timed-out", "The request ran out of time"),
-                    _ => ("overloaded", "The service is overloaded; retry later"),
+                let kind = match status {
+                    StatusCode::TOO_MANY_REQUESTS => T::RateLimited,
+                    StatusCode::GATEWAY_TIMEOUT => T::TimedOut,
+                    _ => T::Overloaded,
                 };
-                let mut problem = Problem::new(status, slug, title, detail);
-                problem.retry_after_secs = retry_after_secs;
-                problem
+                let problem = Problem::new(kind, detail);
+                match retry_after_secs {
+                    Some(seconds) => problem.retry_after(seconds),
+                    None => problem,
+                }
             }
-            Self::RouteNotFound => Problem::new(
-                S::NOT_FOUND,
-                "not-found",
-                "No such resource",
-                "the path does not name a resource of this API".into(),
-            ),
+            Self::RouteNotFound => {
+                Problem::new(T::NotFound, "the path does not name a resource of this API")
+            }
             Self::MethodNotAllowed => Problem::new(
-                S::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-                "the resource does not support this method".into(),
+                T::MethodNotAllowed,
+                "the resource does not support this method",
             ),
             Self::KeyTakenOver => Problem::new(
-                S::CONFLICT,
-                "idempotency-key-in-flight",
-                "Request in progress",
+                T::IdempotencyKeyInFlight,
                 "this request took longer than its Idempotency-Key lease and a retry took over; \
-                 retry to get that request's result"
-                    .into(),
+                 retry to get that request's result",
             ),
-            Self::Unavailable(detail) => Problem::new(
-                S::SERVICE_UNAVAILABLE,
-                "dependency-unavailable",
-                "A dependency is unavailable; retry later",
-                detail,
-            ),
+            Self::Unavailable(detail) => Problem::new(T::DependencyUnavailable, detail),
             Self::Forbidden(forbidden) => return Err(forbidden),
-            Self::Internal => Problem::new(
-                S::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                "the request failed; it has been logged".into(),
-            ),
+            Self::Internal => Problem::new(T::Internal, "the request failed; it has been logged"),
         })
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let problem = match self.problem() {
-            Ok(problem) => problem,
-            Err(forbidden) => return forbidden.into_response(),
-        };
-        let status = problem.status;
-        let retry_after = problem.retry_after_secs.or(match status {
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => Some(1),
-            _ => None,
-        });
-        let type_uri = format!("/problems/{}", problem.slug);
-        let mut details = ProblemDetails::from_status_code(status)
-            .with_title(problem.title)
-            .with_detail(problem.detail)
-            .with_extensions(problem.extensions);
-        if let Ok(uri) = type_uri.parse::<Uri>() {
-            details = details.with_type(uri);
+        match self.problem() {
+            Ok(problem) => problem.into_response(),
+            Err(forbidden) => forbidden.into_response(),
         }
-        let mut response = details.into_response();
-        if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
     }
 }

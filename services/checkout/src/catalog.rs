@@ -85,7 +85,7 @@ pub enum CatalogSetupError {
     Tls(#[from] faultline_auth::TlsError),
     /// The resilience settings are invalid.
     #[error("{0}")]
-    Resilience(#[from] faultline_resilience::ConfigError),
+    Resilience(#[from] faultline_settings::SettingError),
 }
 
 /// The catalog served by inventory's `GetProducts`.

@@ -12,6 +12,7 @@ use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
 use faultline_resilience::{ClientConfig, EdgeConfig, HedgeConfig};
+use faultline_settings::{SettingError, positive};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable prefix.
@@ -142,43 +143,43 @@ impl Config {
 
     /// Rejects settings that cannot work, naming the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.database.validate(PREFIX)?;
-        self.kafka.validate(PREFIX)?;
-        self.lifecycle.validate(PREFIX)?;
-        let positive = [
-            ("MAX_BODY_BYTES", self.max_body_bytes as u64),
-            (
-                "INVENTORY__CONNECT_TIMEOUT_MS",
-                self.inventory.connect_timeout_ms,
-            ),
-            ("SAGA__STEP_TIMEOUT_MS", self.saga.step_timeout_ms),
-            ("SAGA__MAX_ATTEMPTS", u64::from(self.saga.max_attempts)),
-            ("SAGA__SWEEP_INTERVAL_MS", self.saga.sweep_interval_ms),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::invalid(
-                    format!("{PREFIX}_{name}"),
-                    "must be greater than zero",
-                ));
-            }
+        self.database.validate(&format!("{PREFIX}_DATABASE"))?;
+        self.kafka.validate(&format!("{PREFIX}_KAFKA"))?;
+        self.lifecycle.validate(&format!("{PREFIX}_LIFECYCLE"))?;
+        if self.max_body_bytes == 0 {
+            return Err(SettingError::named(
+                format!("{PREFIX}_MAX_BODY_BYTES"),
+                "must be greater than zero",
+            )
+            .into());
         }
+        let inventory = format!("{PREFIX}_INVENTORY");
+        positive(
+            &inventory,
+            "CONNECT_TIMEOUT_MS",
+            self.inventory.connect_timeout_ms,
+        )?;
+        let saga = format!("{PREFIX}_SAGA");
+        positive(&saga, "STEP_TIMEOUT_MS", self.saga.step_timeout_ms)?;
+        positive(&saga, "MAX_ATTEMPTS", u64::from(self.saga.max_attempts))?;
+        positive(&saga, "SWEEP_INTERVAL_MS", self.saga.sweep_interval_ms)?;
         self.inventory
             .resilience
-            .validate(&format!("{PREFIX}_INVENTORY__RESILIENCE"))?;
+            .validate(&format!("{inventory}__RESILIENCE"))?;
         self.edge.validate(&format!("{PREFIX}_EDGE"))?;
         self.cache.validate(&format!("{PREFIX}_CACHE"))?;
         self.auth.validate(&format!("{PREFIX}_AUTH"))?;
         self.policy.validate(&format!("{PREFIX}_POLICY"))?;
         self.mtls.validate(&format!("{PREFIX}_MTLS"))?;
         self.idempotency
-            .validate(&format!("{PREFIX}_IDEMPOTENCY"))
-            .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_IDEMPOTENCY"), reason))?;
+            .validate(&format!("{PREFIX}_IDEMPOTENCY"))?;
         if !self.inventory.url.starts_with("https://") {
-            return Err(ConfigError::invalid(
-                format!("{PREFIX}_INVENTORY__URL"),
+            return Err(SettingError::new(
+                &inventory,
+                "URL",
                 "must be an https:// URL: inventory is reached over mutual TLS only",
-            ));
+            )
+            .into());
         }
         Ok(())
     }

@@ -33,6 +33,26 @@ impl From<OrchestratorError> for HandlerError {
     }
 }
 
+/// A message checkout reads, decoded once from its envelope.
+#[derive(Debug)]
+enum Received {
+    /// A participant's answer: the saga event it stands for.
+    Saga(Event),
+    /// Inventory changed a product: its cached entry goes.
+    ProductChanged { sku: String },
+}
+
+impl Received {
+    fn from_envelope(envelope: &Envelope) -> Result<Self, HandlerError> {
+        if envelope.is::<inventory::ProductChanged>() {
+            let event: inventory::ProductChanged = open(envelope)?;
+            validate_sku(&event.sku).map_err(HandlerError::Permanent)?;
+            return Ok(Self::ProductChanged { sku: event.sku });
+        }
+        saga_event(envelope).map(Self::Saga)
+    }
+}
+
 /// Reads the saga event a participant's message stands for.
 fn saga_event(envelope: &Envelope) -> Result<Event, HandlerError> {
     Ok(if envelope.is::<inventory::StockReserved>() {
@@ -74,15 +94,16 @@ fn saga_event(envelope: &Envelope) -> Result<Event, HandlerError> {
 impl Handler for EventHandler {
     async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
         let envelope = open_envelope(message)?;
-        if envelope.is::<inventory::ProductChanged>() {
-            return self.product_changed(&envelope).await;
+        match Received::from_envelope(&envelope)? {
+            Received::ProductChanged { sku } => self.product_changed(&sku).await,
+            Received::Saga(event) => {
+                let order_id = aggregate_uuid(&envelope)?;
+                self.orchestrator
+                    .apply(tx, order_id, &event, Some(&envelope.event_id))
+                    .await?;
+                Ok(())
+            }
         }
-        let order_id = aggregate_uuid(&envelope)?;
-        let event = saga_event(&envelope)?;
-        self.orchestrator
-            .apply(tx, order_id, &event, Some(&envelope.event_id))
-            .await?;
-        Ok(())
     }
 }
 
@@ -91,14 +112,12 @@ impl EventHandler {
     /// which is sound because it is idempotent: a redelivery deletes again. Until Redis
     /// answers the record waits (retried without limit), since acknowledging it would leave
     /// the old price cached until its TTL.
-    async fn product_changed(&self, envelope: &Envelope) -> Result<(), HandlerError> {
-        let event: inventory::ProductChanged = open(envelope)?;
-        validate_sku(&event.sku).map_err(HandlerError::Permanent)?;
+    async fn product_changed(&self, sku: &str) -> Result<(), HandlerError> {
         self.catalog
-            .product_changed(&event.sku)
+            .product_changed(sku)
             .await
             .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
-        tracing::debug!(sku = %event.sku, "catalog entry invalidated");
+        tracing::debug!(%sku, "catalog entry invalidated");
         Ok(())
     }
 }

@@ -50,7 +50,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.admin,
         &config.database,
         &config.lifecycle,
-        &MIGRATOR,
+        &[
+            &MIGRATOR,
+            &faultline_outbox::migrator(),
+            &faultline_idempotency::migrator(),
+        ],
         metrics.clone(),
         axum::Router::new(),
         &shutdown,
@@ -58,9 +62,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await
     .context("preparing the checkout database")?;
     let pool = life.pool.clone();
-    faultline_idempotency::migrate(&pool)
-        .await
-        .context("preparing the idempotency table")?;
     let idempotency = Store::new(
         pool.clone(),
         IdempotencyConfig {

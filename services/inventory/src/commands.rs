@@ -2,7 +2,8 @@
 //! inbox row (see `faultline_outbox::consumer`).
 
 use faultline_outbox::consumer::{Handler, HandlerError, Incoming};
-use faultline_platform::messaging::{aggregate_uuid, open, open_envelope, publish};
+use faultline_platform::messaging::{Reply, aggregate_uuid, open, open_envelope};
+use faultline_proto::envelope::Envelope;
 use faultline_proto::inventory::v1 as pb;
 use sqlx::PgConnection;
 
@@ -27,16 +28,20 @@ impl From<StockError> for HandlerError {
     }
 }
 
-impl Handler for CommandHandler {
-    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
-        let envelope = open_envelope(message)?;
-        let order_id = aggregate_uuid(&envelope)?;
-        let reply = envelope.reply_provenance(PRODUCER);
-        let topic = self.events_topic.as_str();
+/// A command inventory accepts, decoded once from its envelope.
+#[derive(Debug)]
+enum Command {
+    Reserve(Vec<Line>),
+    Release,
+    Commit,
+}
 
+impl Command {
+    /// The command in `envelope`; one inventory does not know is parked.
+    fn from_envelope(envelope: &Envelope) -> Result<Self, HandlerError> {
         if envelope.is::<pb::ReserveStock>() {
-            let command: pb::ReserveStock = open(&envelope)?;
-            let lines: Vec<Line> = command
+            let command: pb::ReserveStock = open(envelope)?;
+            let lines = command
                 .items
                 .into_iter()
                 .map(|item| Line {
@@ -44,41 +49,57 @@ impl Handler for CommandHandler {
                     quantity: i64::from(item.quantity),
                 })
                 .collect();
-            match stock::reserve(tx, order_id, &lines).await? {
+            Ok(Self::Reserve(lines))
+        } else if envelope.is::<pb::ReleaseStock>() {
+            let _: pb::ReleaseStock = open(envelope)?;
+            Ok(Self::Release)
+        } else if envelope.is::<pb::CommitStock>() {
+            let _: pb::CommitStock = open(envelope)?;
+            Ok(Self::Commit)
+        } else {
+            Err(HandlerError::Permanent(format!(
+                "inventory does not handle {}",
+                envelope.message_type
+            )))
+        }
+    }
+}
+
+impl Handler for CommandHandler {
+    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+        let envelope = open_envelope(message)?;
+        let order_id = aggregate_uuid(&envelope)?;
+        let order = order_id.to_string();
+        let reply = Reply::to(&envelope, &self.events_topic, PRODUCER);
+
+        match Command::from_envelope(&envelope)? {
+            Command::Reserve(lines) => match stock::reserve(tx, order_id, &lines).await? {
                 Reservation::Reserved => {
-                    let event = pb::StockReserved {
-                        order_id: order_id.to_string(),
-                    };
-                    publish(tx, topic, "order", &event, reply).await?;
+                    reply
+                        .send(tx, &pb::StockReserved { order_id: order })
+                        .await?;
                 }
                 Reservation::Rejected { reason } => {
                     tracing::info!(%order_id, %reason, "reservation rejected");
                     let event = pb::StockRejected {
-                        order_id: order_id.to_string(),
+                        order_id: order,
                         reason,
                     };
-                    publish(tx, topic, "order", &event, reply).await?;
+                    reply.send(tx, &event).await?;
                 }
+            },
+            Command::Release => {
+                stock::release(tx, order_id).await?;
+                reply
+                    .send(tx, &pb::StockReleased { order_id: order })
+                    .await?;
             }
-        } else if envelope.is::<pb::ReleaseStock>() {
-            let _: pb::ReleaseStock = open(&envelope)?;
-            stock::release(tx, order_id).await?;
-            let event = pb::StockReleased {
-                order_id: order_id.to_string(),
-            };
-            publish(tx, topic, "order", &event, reply).await?;
-        } else if envelope.is::<pb::CommitStock>() {
-            let _: pb::CommitStock = open(&envelope)?;
-            stock::commit(tx, order_id).await?;
-            let event = pb::StockCommitted {
-                order_id: order_id.to_string(),
-            };
-            publish(tx, topic, "order", &event, reply).await?;
-        } else {
-            return Err(HandlerError::Permanent(format!(
-                "inventory does not handle {}",
-                envelope.message_type
-            )));
+            Command::Commit => {
+                stock::commit(tx, order_id).await?;
+                reply
+                    .send(tx, &pb::StockCommitted { order_id: order })
+                    .await?;
+            }
         }
         Ok(())
     }

@@ -51,9 +51,9 @@ impl Config {
     /// Loads and validates the configuration.
     pub fn load() -> Result<Self, ConfigError> {
         let config: Self = config::load(PREFIX)?;
-        config.database.validate(PREFIX)?;
-        config.kafka.validate(PREFIX)?;
-        config.lifecycle.validate(PREFIX)?;
+        config.database.validate(&format!("{PREFIX}_DATABASE"))?;
+        config.kafka.validate(&format!("{PREFIX}_KAFKA"))?;
+        config.lifecycle.validate(&format!("{PREFIX}_LIFECYCLE"))?;
         config.mtls.validate(&format!("{PREFIX}_MTLS"))?;
         Ok(config)
     }

@@ -44,7 +44,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.admin,
         &config.database,
         &config.lifecycle,
-        &MIGRATOR,
+        &[&MIGRATOR, &faultline_outbox::migrator()],
         metrics.clone(),
         axum::Router::new(),
         &shutdown,

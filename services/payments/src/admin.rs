@@ -41,8 +41,9 @@ async fn change(
         Ok(Json(faults)) => faults,
         Err(rejection) => return (rejection.status(), rejection.body_text()).into_response(),
     };
-    if let Err(reason) = faults.validate() {
-        return (StatusCode::UNPROCESSABLE_ENTITY, reason).into_response();
+    // The body's fields are the setting's; an empty path names them alone.
+    if let Err(error) = faults.validate("") {
+        return (StatusCode::UNPROCESSABLE_ENTITY, error.to_string()).into_response();
     }
     provider.set_faults(faults);
     tracing::warn!(

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use faultline_outbox::consumer::{Handler, HandlerError, Incoming};
-use faultline_platform::messaging::{aggregate_uuid, open, open_envelope, publish};
+use faultline_platform::messaging::{Reply, aggregate_uuid, open, open_envelope};
 use faultline_proto::common::v1::Money;
+use faultline_proto::envelope::Envelope;
 use faultline_proto::payments::v1 as pb;
 use sqlx::PgConnection;
 
@@ -121,16 +122,20 @@ fn authorization_from(response: &pb::AuthorizeResponse) -> Result<Authorization,
     })
 }
 
-impl<P: PaymentProvider> Handler for CommandHandler<P> {
-    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
-        let envelope = open_envelope(message)?;
-        let order_id = aggregate_uuid(&envelope)?;
-        let reply = envelope.reply_provenance(PRODUCER);
-        let topic = self.events_topic.as_str();
-        let order = order_id.to_string();
+/// A command payments accepts, decoded once from its envelope.
+#[derive(Debug)]
+enum Command {
+    Authorize(AuthorizeRequest),
+    Void,
+    Capture,
+}
 
+impl Command {
+    /// The command in `envelope` about `order_id`; one payments does not know, or an
+    /// authorization that breaks the request rules, is parked.
+    fn from_envelope(envelope: &Envelope, order_id: Uuid) -> Result<Self, HandlerError> {
         if envelope.is::<pb::AuthorizePayment>() {
-            let command: pb::AuthorizePayment = open(&envelope)?;
+            let command: pb::AuthorizePayment = open(envelope)?;
             let amount = command.amount.unwrap_or_default();
             let request = AuthorizeRequest {
                 idempotency_key: command.idempotency_key,
@@ -140,14 +145,37 @@ impl<P: PaymentProvider> Handler for CommandHandler<P> {
                 currency: amount.currency,
             };
             request.validate().map_err(HandlerError::Permanent)?;
-            let authorization = self.authorize(tx, &request).await?;
-            match authorization {
+            Ok(Self::Authorize(request))
+        } else if envelope.is::<pb::VoidPayment>() {
+            let _: pb::VoidPayment = open(envelope)?;
+            Ok(Self::Void)
+        } else if envelope.is::<pb::CapturePayment>() {
+            let _: pb::CapturePayment = open(envelope)?;
+            Ok(Self::Capture)
+        } else {
+            Err(HandlerError::Permanent(format!(
+                "payments does not handle {}",
+                envelope.message_type
+            )))
+        }
+    }
+}
+
+impl<P: PaymentProvider> Handler for CommandHandler<P> {
+    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+        let envelope = open_envelope(message)?;
+        let order_id = aggregate_uuid(&envelope)?;
+        let order = order_id.to_string();
+        let reply = Reply::to(&envelope, &self.events_topic, PRODUCER);
+
+        match Command::from_envelope(&envelope, order_id)? {
+            Command::Authorize(request) => match self.authorize(tx, &request).await? {
                 Authorization::Authorized { payment_id } => {
                     let event = pb::PaymentAuthorized {
                         order_id: order,
                         payment_id: payment_id.to_string(),
                     };
-                    publish(tx, topic, "order", &event, reply).await?;
+                    reply.send(tx, &event).await?;
                 }
                 Authorization::Declined { reason, .. } => {
                     tracing::info!(%order_id, %reason, "payment declined");
@@ -155,31 +183,27 @@ impl<P: PaymentProvider> Handler for CommandHandler<P> {
                         order_id: order,
                         reason,
                     };
-                    publish(tx, topic, "order", &event, reply).await?;
+                    reply.send(tx, &event).await?;
                 }
+            },
+            Command::Void => {
+                payments::void(tx, order_id).await?;
+                reply
+                    .send(tx, &pb::PaymentVoided { order_id: order })
+                    .await?;
             }
-        } else if envelope.is::<pb::VoidPayment>() {
-            let _: pb::VoidPayment = open(&envelope)?;
-            payments::void(tx, order_id).await?;
-            let event = pb::PaymentVoided { order_id: order };
-            publish(tx, topic, "order", &event, reply).await?;
-        } else if envelope.is::<pb::CapturePayment>() {
-            let _: pb::CapturePayment = open(&envelope)?;
-            let capture = payments::capture(tx, order_id).await?;
-            let event = pb::PaymentCaptured {
-                order_id: order,
-                payment_id: capture.payment_id.to_string(),
-                amount: Some(Money {
-                    amount_minor: capture.amount_minor,
-                    currency: capture.currency,
-                }),
-            };
-            publish(tx, topic, "order", &event, reply).await?;
-        } else {
-            return Err(HandlerError::Permanent(format!(
-                "payments does not handle {}",
-                envelope.message_type
-            )));
+            Command::Capture => {
+                let capture = payments::capture(tx, order_id).await?;
+                let event = pb::PaymentCaptured {
+                    order_id: order,
+                    payment_id: capture.payment_id.to_string(),
+                    amount: Some(Money {
+                        amount_minor: capture.amount_minor,
+                        currency: capture.currency,
+                    }),
+                };
+                reply.send(tx, &event).await?;
+            }
         }
         Ok(())
     }

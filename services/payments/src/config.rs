@@ -12,6 +12,7 @@ use faultline_auth::MtlsSettings;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
+use faultline_settings::SettingError;
 use serde::{Deserialize, Serialize};
 
 /// Environment variable prefix.
@@ -81,28 +82,29 @@ impl Config {
     /// Loads and validates the configuration.
     pub fn load() -> Result<Self, ConfigError> {
         let config: Self = config::load(PREFIX)?;
-        config.database.validate(PREFIX)?;
-        config.kafka.validate(PREFIX)?;
-        config.lifecycle.validate(PREFIX)?;
+        config.database.validate(&format!("{PREFIX}_DATABASE"))?;
+        config.kafka.validate(&format!("{PREFIX}_KAFKA"))?;
+        config.lifecycle.validate(&format!("{PREFIX}_LIFECYCLE"))?;
         config.mtls.validate(&format!("{PREFIX}_MTLS"))?;
         config
             .idempotency
-            .validate(&format!("{PREFIX}_IDEMPOTENCY"))
-            .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_IDEMPOTENCY"), reason))?;
+            .validate(&format!("{PREFIX}_IDEMPOTENCY"))?;
+        let provider = format!("{PREFIX}_PROVIDER");
         config
             .provider
             .faults
-            .validate()
-            .map_err(|reason| ConfigError::invalid(format!("{PREFIX}_PROVIDER__FAULTS"), reason))?;
+            .validate(&format!("{provider}__FAULTS"))?;
         config
             .provider
             .resilience
-            .validate(&format!("{PREFIX}_PROVIDER__RESILIENCE"))?;
+            .validate(&format!("{provider}__RESILIENCE"))?;
         if config.provider.decline_above_minor < 0 {
-            return Err(ConfigError::invalid(
-                format!("{PREFIX}_PROVIDER__DECLINE_ABOVE_MINOR"),
+            return Err(SettingError::new(
+                &provider,
+                "DECLINE_ABOVE_MINOR",
                 "must not be negative",
-            ));
+            )
+            .into());
         }
         Ok(config)
     }

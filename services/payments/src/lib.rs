@@ -53,7 +53,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.admin,
         &config.database,
         &config.lifecycle,
-        &MIGRATOR,
+        &[
+            &MIGRATOR,
+            &faultline_outbox::migrator(),
+            &faultline_idempotency::migrator(),
+        ],
         metrics.clone(),
         admin::routes(simulated.clone()),
         &shutdown,
@@ -61,9 +65,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await
     .context("preparing the payments database")?;
 
-    faultline_idempotency::migrate(&life.pool)
-        .await
-        .context("preparing the idempotency table")?;
     let keys = Store::new(life.pool.clone(), config.idempotency.clone());
     let reaper = tokio::spawn(faultline_idempotency::reaper::run(
         life.pool.clone(),

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use faultline_resilience::{CircuitBreaker, ClientConfig, ClientStack, RetryIf};
+use faultline_settings::SettingError;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use tower::util::BoxCloneSyncService;
@@ -87,13 +88,21 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Checks the ranges; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the ranges; `path` is the section's variable prefix.
+    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         if !(0.0..=1.0).contains(&self.failure_rate) {
-            return Err("failure_rate must be between 0 and 1".into());
+            return Err(SettingError::new(
+                path,
+                "FAILURE_RATE",
+                "must be between 0 and 1",
+            ));
         }
         if self.latency_ms > 60_000 {
-            return Err("latency_ms must be at most 60000".into());
+            return Err(SettingError::new(
+                path,
+                "LATENCY_MS",
+                "must be at most 60000",
+            ));
         }
         Ok(())
     }
@@ -237,7 +246,7 @@ impl ResilientProvider {
     pub fn new<P: PaymentProvider + 'static>(
         inner: Arc<P>,
         config: &ClientConfig,
-    ) -> Result<Self, faultline_resilience::ConfigError> {
+    ) -> Result<Self, SettingError> {
         // Only requests that carry a key are retried: without one a retry could hold twice.
         let stack = ClientStack::new("payment-provider", config)?.retry_safety(RetryIf(
             |call: &AuthorizeCall| !call.idempotency_key.is_empty(),

@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::routing::get;
 use faultline_auth::dev::{SigningKey, jwks_json};
 use faultline_auth::{AuthLayer, JwtSettings, JwtVerifier, Principal};
-use faultline_idempotency::Caller;
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -65,10 +64,10 @@ pub(crate) async fn verifier_for(dir: &TempDir, keys: &[&SigningKey]) -> JwtVeri
         .unwrap()
 }
 
-/// A router whose one route answers `200 <subject> <caller>` behind the auth layer.
+/// A router whose one route answers `200 <subject>` behind the auth layer.
 pub(crate) fn router(verifier: JwtVerifier) -> Router {
-    async fn whoami(principal: Principal, caller: axum::Extension<Caller>) -> String {
-        format!("{} {}", principal.subject, caller.0.0)
+    async fn whoami(principal: Principal) -> String {
+        principal.subject
     }
     Router::new()
         .route("/v1/whoami", get(whoami))
