@@ -183,7 +183,15 @@ status() {
       redis) [ -f "$STATE/redis.pid" ] && owner="started by Faultline" ;;
       kafka) [ -f "$STATE/tansu.pid" ] && owner="started by Faultline" ;;
     esac
-    if listening "$port"; then say "$name: listening on $port ($owner)"; else say "$name: down"; fi
+    if ! listening "$port"; then say "$name: down"; continue; fi
+    if [ "$name" = kafka ]; then
+      local engine=""
+      [ -f "$STATE/tansu.pid" ] && engine=", tansu $TANSU_VERSION on $TANSU_STORAGE"
+      if broker_answers; then owner="$owner$engine, answers"
+      else owner="$owner$engine, does NOT answer: its storage is gone or it is shutting down"
+      fi
+    fi
+    say "$name: listening on $port ($owner)"
   done
 }
 
