@@ -108,9 +108,15 @@ tansu_install() {
 # connections drain (up to 5 s), answering every request with Storage(UnableToSend). Never
 # take such a broker for a running one: wait for ours to go, and refuse to reuse a broker
 # whose storage does not answer (`tansu topic list` reads the topics from storage).
+# A broker under load can be slow to answer, so try three times before giving up on it.
 broker_answers() {
   [ -x "$TANSU" ] || return 0 # not ours to check; trust whoever runs it
-  timeout 10 "$TANSU" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1
+  for _ in 1 2 3; do
+    timeout 10 "$TANSU" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1 &&
+      return 0
+    sleep 1
+  done
+  return 1
 }
 
 tansu_up() {
