@@ -29,7 +29,7 @@ fn binary() -> anyhow::Result<PathBuf> {
     let home = std::env::var("HOME").context("HOME is not set")?;
     let tools =
         std::env::var("FAULTLINE_TOOLS").unwrap_or_else(|_| format!("{home}/.cache/faultline"));
-    Ok(PathBuf::from(tools).join("tansu-0.6.0-libsql-dynostore/bin/tansu"))
+    Ok(PathBuf::from(tools).join("tansu-0.6.0-libsql-dynostore-postgres/bin/tansu"))
 }
 
 impl Broker {
