@@ -99,12 +99,12 @@ impl LoadResult {
 }
 
 const RULE: &str =
-    "  ------------------------------------------------------------------------------------";
+    "  --------------------------------------------------------------------------------------------";
 
 fn latency_header(out: &mut String) {
     let _ = writeln!(
         out,
-        "  {:<26} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "  {:<34} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "latency from intended send", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
     );
     let _ = writeln!(out, "{RULE}");
@@ -113,7 +113,7 @@ fn latency_header(out: &mut String) {
 fn latency_row(out: &mut String, name: &str, s: &Summary) {
     let _ = writeln!(
         out,
-        "  {:<26} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        "  {:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
         name, s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms
     );
 }

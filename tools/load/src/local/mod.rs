@@ -107,8 +107,10 @@ pub async fn run(
             "[load] --keep-databases: the databases *_{} stay; the services stop with this process",
             system.run_id
         );
-    } else {
-        system.teardown().await.context("tearing the system down")?;
+    } else if let Err(error) = system.teardown().await {
+        // The figures are measured by now; a service slow to stop is worth a warning, not
+        // the loss of the run.
+        eprintln!("[load] tearing the system down: {error:#}");
     }
     result
 }
@@ -259,7 +261,7 @@ fn broker_pid(pid_file: &Path, port: u16) -> Option<u32> {
 impl LocalReport {
     /// Appends the Postgres and process part of the table.
     pub fn table(&self, out: &mut String, result: &LoadResult) {
-        const RULE: &str = "  ------------------------------------------------------------------------------------";
+        const RULE: &str = "  --------------------------------------------------------------------------------------------";
         let _ = writeln!(out, "{RULE}");
         match &self.commit_ceiling {
             Some(c) => {
