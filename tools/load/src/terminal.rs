@@ -131,6 +131,9 @@ pub fn events_consumer(brokers: &str, topic: &str) -> anyhow::Result<StreamConsu
         .set("group.id", format!("faultline-load-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // An ending is measured when it arrives here: do not let the broker sit on a fetch
+        // for librdkafka's default 500 ms when it has nothing yet.
+        .set("fetch.wait.max.ms", "50")
         .create()
         .context("creating the orders.events consumer")?;
     let partitions = partitions_of(&consumer, topic)?;
