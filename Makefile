@@ -1,7 +1,7 @@
 # Faultline's two commands (see README.md):
 #   make demo   bring everything up, place three orders, leave the system running
 #   make test   bring the dependencies up and run every test
-# and `make down` to stop what they started.
+# and `make down` to stop what they started. `make load` measures a fresh system under load.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/faultline/target
 CARGO ?= cargo
 
 .PHONY: demo test down deps build credentials lint status bench-outbox bench-auth \
-	bench-resilience bench-cache
+	bench-resilience bench-cache load load-tools
 
 ## demo: start Postgres, Redis, the broker and the services; place three orders
 demo: deps build credentials
@@ -73,3 +73,34 @@ bench-resilience:
 ## seed's MD5 ring
 bench-cache: deps
 	$(CARGO) bench -p faultline-cache
+
+## load: release binaries, a fresh system (databases, topic prefix, credentials of its own),
+## pgbench's commit ceiling, then open-loop orders; prints one table and writes
+## .state/load/result.json and chart.svg. Knobs (all optional):
+##   LOAD_MODE=run|ramp  LOAD_RATE=50  LOAD_DURATION=60s  (run)
+##   LOAD_ARGS='--arrivals constant --customers 200 ...'  flags of `faultline-load local run|ramp`
+##   LOAD_LOCAL_ARGS='--pgbench-duration 20s --terminal poll ...'  flags of `faultline-load local`
+## e.g. make load LOAD_MODE=ramp LOAD_ARGS='--start-rate 25 --rate-step 25 --step-duration 20s'
+LOAD_MODE ?= run
+LOAD_RATE ?= 50
+LOAD_DURATION ?= 60s
+LOAD_ARGS ?=
+LOAD_LOCAL_ARGS ?=
+ifeq ($(LOAD_MODE),ramp)
+LOAD_SHAPE = ramp $(LOAD_ARGS)
+else
+LOAD_SHAPE = run --rate $(LOAD_RATE) --duration $(LOAD_DURATION) $(LOAD_ARGS)
+endif
+
+load: deps load-tools
+	$(CARGO) build --release -p checkout -p inventory -p payments -p faultline-load
+	FAULTLINE_BIN_DIR=$(CARGO_TARGET_DIR)/release \
+		$(CARGO_TARGET_DIR)/release/faultline-load local $(LOAD_LOCAL_ARGS) $(LOAD_SHAPE)
+
+## load-tools: pgbench, for the commit ceiling (Debian's postgresql-contrib ships it)
+load-tools:
+	@command -v pgbench >/dev/null || { \
+		echo "[load] installing pgbench (postgresql-contrib)"; \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-contrib >/dev/null; }

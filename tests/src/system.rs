@@ -316,6 +316,11 @@ impl System {
         Ok(())
     }
 
+    /// The process id of `service` while it runs (for tools that sample it from /proc).
+    pub fn pid(&self, service: Service) -> Option<u32> {
+        self.processes.get(&service)?.child.as_ref()?.id()
+    }
+
     /// Polls the service's `/ready` until it answers 200.
     pub async fn wait_ready(&mut self, service: Service, timeout: Duration) -> anyhow::Result<()> {
         let port = self.processes[&service].admin_port;
