@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Negative tests of `make deploy-check`: each case breaks one thing in a copy of the
+# repository, runs scripts/deploy-check.sh on the copy, and passes only if the check fails
+# and says why. A check that cannot fail checks nothing.
+#
+#   missing-probe      k8s/base/checkout/deployment.yaml without its livenessProbe
+#   bad-metric         a dashboard panel naming a metric no service exports (the generator
+#                      changed and re-run, so only the metric check can notice)
+#   misspelt-k8s-key   CHECKOUT_KAFKA__BROKER (for BROKERS) in checkout's ConfigMap env file
+#   misspelt-compose   INVENTORY_KAFKA__PARTITION (for PARTITIONS) in docker-compose.yml
+set -euo pipefail
+
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$SCRIPTS/.." && pwd)
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+say() { printf '[deploy-check-selftest] %s\n' "$*"; }
+
+# A copy of what git tracks (or would, for files not yet added): the tree CI checks out.
+copy() {
+  local dest=$WORK/$1
+  mkdir -p "$dest"
+  (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
+    xargs -0 tar -cf - 2>/dev/null) | tar -xf - -C "$dest"
+  echo "$dest"
+}
+
+# Runs deploy-check on a broken copy; passes if it fails with `expected` in its output.
+expect_failure() {
+  local name=$1 tree=$2 expected=$3 log=$WORK/$1.log
+  if FAULTLINE_DEPLOY_ROOT=$tree FAULTLINE_DEPLOY_SELFTEST=1 "$tree/scripts/deploy-check.sh" \
+    >"$log" 2>&1; then
+    say "FAILED: $name: deploy-check passed on a broken tree"
+    cat "$log"
+    exit 1
+  fi
+  if ! grep -qF -- "$expected" "$log"; then
+    say "FAILED: $name: deploy-check failed, but not saying '$expected':"
+    cat "$log"
+    exit 1
+  fi
+  say "ok: $name: $(grep -F -- "$expected" "$log" | head -n 1)"
+}
+
+tree=$(copy missing-probe)
+python3 - "$tree/k8s/base/checkout/deployment.yaml" <<'EOF'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+broken = re.sub(r"          livenessProbe:\n(?:            .*\n)+", "", text, count=1)
+assert broken != text
+open(path, "w").write(broken)
+EOF
+expect_failure missing-probe "$tree" "container checkout has no livenessProbe"
+
+tree=$(copy bad-metric)
+sed -i 's/"max by (job) (outbox_oldest_pending_age_seconds)"/"max by (job) (outbox_oldest_pending_age)"/' \
+  "$tree/deploy/grafana/dashboards.py"
+grep -q '(outbox_oldest_pending_age)"' "$tree/deploy/grafana/dashboards.py"
+python3 "$tree/deploy/grafana/dashboards.py"
+FAULTLINE_DEPLOY_ROOT=$tree "$tree/scripts/deploy-sync.sh"
+expect_failure bad-metric "$tree" "metric outbox_oldest_pending_age is not registered"
+
+tree=$(copy misspelt-k8s-key)
+echo "CHECKOUT_KAFKA__BROKER=kafka:9092" >>"$tree/k8s/base/checkout/config.env"
+expect_failure misspelt-k8s-key "$tree" "CHECKOUT_KAFKA__BROKER"
+
+tree=$(copy misspelt-compose)
+sed -i 's/INVENTORY_KAFKA__PARTITIONS:/INVENTORY_KAFKA__PARTITION:/' "$tree/docker-compose.yml"
+grep -q 'INVENTORY_KAFKA__PARTITION:' "$tree/docker-compose.yml"
+expect_failure misspelt-compose "$tree" "INVENTORY_KAFKA__PARTITION"
+
+say "4 passed, 0 failed"
