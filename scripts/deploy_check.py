@@ -13,6 +13,7 @@ deploy/, k8s/ and docker-compose.yml agree with the services they configure.
   budget    every compose container has a memory limit; the app's sum fits 1.5 GiB
   versions  k8s pins the same image versions as .env; the topics job creates the source's
             topics
+  runbooks  every alert's runbook_url is docs/runbooks/<alert>.md, and that file exists
 
 Usage: deploy_check.py ROOT BIN_DIR RENDERED_DIR COMPOSE_JSON
   ROOT          the repository (or a mutated copy of it, for the negative tests)
@@ -367,6 +368,19 @@ def check_budget(compose):
     return app
 
 
+def check_runbooks(root):
+    """Every alert links a runbook that exists, named after the alert."""
+    for path in sorted((root / "deploy/prometheus/rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" not in rule:
+                    continue
+                url = rule.get("annotations", {}).get("runbook_url", "")
+                expected = f"docs/runbooks/{rule['alert']}.md"
+                if not url.endswith(expected) or not (root / expected).is_file():
+                    problem("runbooks", f"{path.relative_to(root)} {rule['alert']}: runbook_url {url!r}, want an existing {expected}")
+
+
 def check_versions(root, rendered):
     env = {}
     for line in (root / ".env").read_text().splitlines():
@@ -416,6 +430,7 @@ def main():
         check_k8s_services(name, docs, envs)
     app = check_budget(compose)
     check_versions(root, rendered)
+    check_runbooks(root)
 
     if problems:
         print("\n".join(problems), file=sys.stderr)
