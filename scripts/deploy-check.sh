@@ -31,6 +31,9 @@ fail() { printf '[deploy-check] FAILED: %s\n' "$*" >&2; exit 1; }
 
 for service in checkout inventory payments; do
   [ -x "$BIN_DIR/$service" ] || fail "$BIN_DIR/$service is missing: run make build (or set FAULTLINE_BIN_DIR)"
+  # A binary from before --check-config would ignore the flag and start serving.
+  grep -qaF -- --check-config "$BIN_DIR/$service" ||
+    fail "$BIN_DIR/$service predates --check-config: rebuild it (make build)"
 done
 
 step "yamllint (strict) on every YAML file"
@@ -62,6 +65,9 @@ step "coherence: metrics, config, ports and probes, memory, versions"
 PROMTOOL=$(command -v promtool) "$PYTHON" "$SCRIPTS/deploy_check.py" \
   "$ROOT" "$BIN_DIR" "$WORK/rendered" "$WORK/compose.yml" || fail "coherence"
 
+step "postgres: the init script's roles and databases, on a throwaway cluster"
+FAULTLINE_DEPLOY_ROOT=$ROOT "$SCRIPTS/deploy-check-postgres.sh" || fail "postgres roles"
+
 step "kubernetes-validate --strict: every render against Kubernetes $K8S_VERSION"
 # --strict refuses unknown fields. The cert-manager and Argo Rollouts kinds have no schema in
 # kubernetes-validate and would only warn; --no-warn keeps that noise out.
@@ -80,12 +86,10 @@ promtool check config "$WORK/k8s-prometheus/prometheus.yml" >/dev/null || fail "
 promtool check rules deploy/prometheus/rules/*.yml >/dev/null || fail "promtool check rules"
 promtool test rules deploy/prometheus/tests/*.yml || fail "promtool test rules"
 
-step "hadolint and checkov on deploy/Dockerfile"
+step "hadolint on deploy/Dockerfile"
 hadolint deploy/Dockerfile || fail "hadolint"
-checkov --skip-download --quiet --compact --framework dockerfile -f deploy/Dockerfile >"$WORK/checkov-docker.txt" ||
-  { cat "$WORK/checkov-docker.txt"; fail "checkov on deploy/Dockerfile"; }
 
-step "checkov on the rendered manifests"
+step "checkov on deploy/Dockerfile and the rendered manifests"
 # --skip-download: checkov's policy updates come from a vendor's API, not a registry; the
 # checks that ship in the pinned package are the ones run.
 # Skipped checks, each for a reason that holds for every render:
@@ -110,6 +114,11 @@ for file in "$WORK"/rendered/*.yaml; do
   esac
   cp "$file" "$WORK/checkov/$group/"
 done
+# The runs are independent and mostly checkov starting up, so they run side by side, with
+# the Dockerfile's.
+checkov --skip-download --quiet --compact --framework dockerfile -f deploy/Dockerfile \
+  >"$WORK/checkov-dockerfile.txt" 2>&1 &
+pids=("$!:dockerfile")
 for group in prod with-policies alone; do
   case $group in
     prod) skips=$COMMON_SKIPS ;;
@@ -117,8 +126,12 @@ for group in prod with-policies alone; do
     alone) skips=$COMMON_SKIPS,CKV_K8S_43,CKV2_K8S_6 ;;
   esac
   checkov --skip-download --quiet --compact --framework kubernetes --skip-check "$skips" \
-    -d "$WORK/checkov/$group" >"$WORK/checkov.txt" ||
-    { cat "$WORK/checkov.txt"; fail "checkov on the $group renders"; }
+    -d "$WORK/checkov/$group" >"$WORK/checkov-$group.txt" 2>&1 &
+  pids+=("$!:$group")
+done
+for entry in "${pids[@]}"; do
+  wait "${entry%%:*}" ||
+    { cat "$WORK/checkov-${entry#*:}.txt"; fail "checkov on the ${entry#*:} files"; }
 done
 
 if [ "${1:-}" != --no-selftest ] && [ -z "${FAULTLINE_DEPLOY_SELFTEST:-}" ]; then
