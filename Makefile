@@ -1,6 +1,6 @@
 # Faultline's two commands (see README.md):
 #   make demo   bring everything up, place three orders, leave the system running
-#   make test   bring the dependencies up and run every test
+#   make test   bring the dependencies up and run every test (deploy-check included)
 # and `make down` to stop what they started. `make load` measures a fresh system under load.
 
 SHELL := /bin/bash
@@ -10,8 +10,8 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/faultline/target
 CARGO ?= cargo
 
-.PHONY: demo test down deps build credentials lint status bench-outbox bench-auth \
-	bench-resilience bench-cache load load-tools
+.PHONY: demo test down deps build credentials lint status deploy-check deploy-sync \
+	bench-outbox bench-auth bench-resilience bench-cache load load-tools
 
 ## demo: start Postgres, Redis, the broker and the services; place three orders
 demo: deps build credentials
@@ -23,9 +23,24 @@ demo: deps build credentials
 	@echo "and try GET /v1/orders/<id> with 'authorization: Bearer <token>' (README.md)."
 	@echo "Stop it with 'make down'."
 
-## test: start the dependencies and run every test (unit, property, integration, end-to-end)
+## test: start the dependencies and run every test (unit, property, integration, end-to-end),
+## and the static checks of the deployment files
 test: deps build
+	$(MAKE) deploy-check
 	$(CARGO) test --workspace
+
+## deploy-check: validate docker-compose.yml, deploy/ and k8s/ offline with the real tools
+## (installed once into ~/.cache/faultline by scripts/tools.sh), check that they agree with
+## the services, and show that those checks fail on broken copies (docs/deploy.md)
+deploy-check: build
+	FAULTLINE_BIN_DIR=$(CARGO_TARGET_DIR)/debug scripts/deploy-check.sh
+
+## deploy-sync: copy the deploy/ files the Kubernetes components carry (kustomize reads no
+## file outside its folder), and regenerate the SLO rules and the dashboards
+deploy-sync:
+	python3 deploy/prometheus/slo.py
+	python3 deploy/grafana/dashboards.py
+	scripts/deploy-sync.sh
 
 ## down: stop the services and whatever the bootstrap started
 down:

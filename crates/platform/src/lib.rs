@@ -1,6 +1,7 @@
 //! The plumbing every Faultline service shares and no business logic needs to see:
 //!
 //! - [`breakers`]: circuit breakers in the logs and on `/metrics`.
+//! - [`command`]: `--check-config` and `healthcheck`, for deployments.
 //! - [`config`]: one typed configuration struct per service, loaded once from defaults, an
 //!   optional TOML file and environment variables, and validated before anything starts.
 //! - [`db`]: a Postgres pool whose database is created on first start.
@@ -13,6 +14,7 @@
 //!   in order.
 
 pub mod breakers;
+pub mod command;
 pub mod config;
 pub mod db;
 pub mod drain;

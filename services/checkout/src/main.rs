@@ -1,10 +1,18 @@
 //! The checkout service binary: telemetry and configuration from the environment, then
-//! [`checkout::run`] until SIGTERM, then a final flush of the tracer.
+//! [`checkout::run`] until SIGTERM, then a final flush of the tracer. `--check-config` and
+//! `healthcheck` answer and exit instead (`faultline_platform::command`).
+
+use std::process::ExitCode;
 
 use faultline_telemetry::TelemetryConfig;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
+    if let Some(code) = faultline_platform::command::answer("checkout", checkout::PREFIX, || {
+        checkout::Config::load().map(|config| config.admin.listen)
+    }) {
+        return Ok(code);
+    }
     let telemetry = faultline_telemetry::init(TelemetryConfig::from_env("checkout")?)?;
     let result = match checkout::Config::load() {
         Ok(config) => checkout::run(config, faultline_platform::shutdown::on_signals()).await,
@@ -14,5 +22,5 @@ async fn main() -> anyhow::Result<()> {
         tracing::error!(error = %format!("{error:#}"), "checkout stopped with an error");
     }
     telemetry.shutdown();
-    result
+    result.map(|()| ExitCode::SUCCESS)
 }

@@ -1,10 +1,18 @@
 //! The payments service binary: telemetry and configuration from the environment, then
-//! [`payments::run`] until SIGTERM, then a final flush of the tracer.
+//! [`payments::run`] until SIGTERM, then a final flush of the tracer. `--check-config` and
+//! `healthcheck` answer and exit instead (`faultline_platform::command`).
+
+use std::process::ExitCode;
 
 use faultline_telemetry::TelemetryConfig;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
+    if let Some(code) = faultline_platform::command::answer("payments", payments::PREFIX, || {
+        payments::Config::load().map(|config| config.admin.listen)
+    }) {
+        return Ok(code);
+    }
     let telemetry = faultline_telemetry::init(TelemetryConfig::from_env("payments")?)?;
     let result = match payments::Config::load() {
         Ok(config) => payments::run(config, faultline_platform::shutdown::on_signals()).await,
@@ -14,5 +22,5 @@ async fn main() -> anyhow::Result<()> {
         tracing::error!(error = %format!("{error:#}"), "payments stopped with an error");
     }
     telemetry.shutdown();
-    result
+    result.map(|()| ExitCode::SUCCESS)
 }
