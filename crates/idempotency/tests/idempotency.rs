@@ -537,3 +537,43 @@ where
     }
     outputs
 }
+
+#[tokio::test]
+async fn a_key_belongs_to_the_caller_the_service_names() {
+    let db = TestDb::new().await;
+    let store = Store::new(db.pool.clone(), IdempotencyConfig::default());
+    // An authentication layer in front would leave the caller in the extensions; a header
+    // stands in for it here.
+    let layer = IdempotencyLayer::new(store).required().scoped_by(|parts| {
+        let caller = parts.headers.get("x-caller")?.to_str().ok()?;
+        Some(caller.to_owned())
+    });
+    let app = Router::new()
+        .route("/things", post(create))
+        .layer(layer)
+        .with_state(App {
+            pool: db.pool.clone(),
+            pause: None,
+        });
+    let from = |caller: &str| {
+        let mut request = request(Some("k-1"), r#"{"a":1}"#);
+        request
+            .headers_mut()
+            .insert("x-caller", caller.parse().unwrap());
+        request
+    };
+
+    let alice = send(&app, from("alice")).await;
+    let bob = send(&app, from("bob")).await;
+    let alice_again = send(&app, from("alice")).await;
+    assert_eq!(alice.status, StatusCode::CREATED);
+    assert_eq!(bob.status, StatusCode::CREATED);
+    assert!(
+        bob.headers.get("idempotent-replayed").is_none(),
+        "bob's k-1 is his own, not alice's"
+    );
+    assert_ne!(bob.body, alice.body);
+    assert_eq!(alice_again.headers["idempotent-replayed"], "true");
+    assert_eq!(alice_again.body, alice.body);
+    db.drop_now().await;
+}
