@@ -69,17 +69,11 @@ pub async fn run(
     if let Some(task) = consumer {
         let _ = task.await;
     }
-    Ok(LoadResult {
-        tool: format!("faultline-load {}", env!("CARGO_PKG_VERSION")),
+    Ok(LoadResult::new(
+        target.url.clone(),
+        target.terminal,
+        workload,
         started_unix_s,
-        target: target.url.clone(),
-        terminal: target.terminal,
-        arrivals: workload.arrivals,
-        seed: workload.seed,
-        sku: workload.sku.clone(),
-        quantity: workload.quantity,
-        customers: workload.customers,
         mode,
-        local: None,
-    })
+    ))
 }

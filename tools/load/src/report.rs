@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::config::TerminalSource;
+use crate::config::{TerminalSource, Workload};
 use crate::histogram::Summary;
 use crate::local::LocalReport;
 use crate::ramp::RampReport;
@@ -61,6 +61,31 @@ pub enum Mode {
 }
 
 impl LoadResult {
+    /// The result of driving `workload` against `target`, started at `started_unix_s`,
+    /// observing endings through `terminal`; `local` figures are added by the caller that
+    /// has them.
+    pub fn new(
+        target: String,
+        terminal: TerminalSource,
+        workload: &Workload,
+        started_unix_s: u64,
+        mode: Mode,
+    ) -> Self {
+        Self {
+            tool: format!("faultline-load {}", env!("CARGO_PKG_VERSION")),
+            started_unix_s,
+            target,
+            terminal,
+            arrivals: workload.arrivals,
+            seed: workload.seed,
+            sku: workload.sku.clone(),
+            quantity: workload.quantity,
+            customers: workload.customers,
+            mode,
+            local: None,
+        }
+    }
+
     /// Orders that reached a terminal state, over the whole invocation.
     pub fn completed(&self) -> u64 {
         match &self.mode {

@@ -181,19 +181,13 @@ async fn measure(
     let commits_after = postgres::commits(system).await?;
     let ledger = postgres::ledger(system).await?;
 
-    let mut result = LoadResult {
-        tool: format!("faultline-load {}", env!("CARGO_PKG_VERSION")),
+    let mut result = LoadResult::new(
+        system.client.checkout_url().to_owned(),
+        local.terminal,
+        workload,
         started_unix_s,
-        target: system.client.checkout_url().to_owned(),
-        terminal: local.terminal,
-        arrivals: workload.arrivals,
-        seed: workload.seed,
-        sku: workload.sku.clone(),
-        quantity: workload.quantity,
-        customers: workload.customers,
         mode,
-        local: None,
-    };
+    );
     let completed = result.completed();
     let processes = sampler.finish(completed).await;
     stop.cancel();
