@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use faultline_outbox::consumer::{
-    self, ConsumerObserver, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer,
+    self, ConsumerObserver, ConsumerSettings, Handler, HandlerError, Incoming,
 };
 use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
 use faultline_testkit::{TestDatabase, kafka_brokers};
@@ -55,8 +55,6 @@ async fn consume(
     stop_after: usize,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let kafka: KafkaConsumer = consumer_config(brokers, group, "resume-test")
-        .create_with_context(ConsumerObserver::default())?;
     let recorder = Recorder {
         run,
         stop_after,
@@ -64,7 +62,14 @@ async fn consume(
         shutdown: shutdown.clone(),
     };
     let settings = ConsumerSettings::new(group, vec![topic.to_owned()], format!("{topic}.dlq"));
-    let loop_ = consumer::run(kafka, pool.clone(), recorder, settings, shutdown.clone());
+    let loop_ = consumer::run(
+        consumer_config(brokers, group, "resume-test"),
+        ConsumerObserver::default(),
+        pool.clone(),
+        recorder,
+        settings,
+        shutdown.clone(),
+    );
     match tokio::time::timeout(Duration::from_secs(45), loop_).await {
         Ok(result) => result.map(|_stats| ()).map_err(Into::into),
         Err(_) => anyhow::bail!(

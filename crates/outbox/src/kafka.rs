@@ -44,10 +44,16 @@ pub fn consumer_config(brokers: &str, group_id: &str, client_id: &str) -> Client
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "500")
         .set("auto.offset.reset", "earliest")
-        // A crashed member is noticed after this long and its partitions move on; the
-        // broker's minimum is usually 6 s.
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
+        // A crashed member is noticed after this long and its partitions move on. 30 s, not
+        // the 6 s minimum: a broker that stalls longer than the session (tansu's storage
+        // task under load does, docs/notes/broker.md) evicts healthy members, and a
+        // restarted process still gets its partitions back at once when it leaves cleanly.
+        .set("session.timeout.ms", "30000")
+        .set("heartbeat.interval.ms", "3000")
+        // Incremental rebalances: members keep what they own while the group changes, and a
+        // member's metadata names what it owns, which lets a coordinator that lost track
+        // (tansu after a stall) rebuild the assignment; with the eager assignors it did not.
+        .set("partition.assignment.strategy", "cooperative-sticky")
         // How long the broker may hold a fetch that has nothing to return. The default
         // (500 ms) is also the delay before a partition resumed after a pause gets records
         // again; 100 ms keeps commit-to-consume latency low at little cost.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use faultline_outbox::consumer::{
-    self, ConsumerObserver, ConsumerSettings, Handler, HandlerError, Incoming, KafkaConsumer,
+    self, ConsumerObserver, ConsumerSettings, Handler, HandlerError, Incoming,
 };
 use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
 use faultline_outbox::{OutboxMessage, Relay, RelayConfig, Retention, backlog, enqueue};
@@ -316,15 +316,13 @@ async fn a_tiny_lane_pauses_and_resumes_without_losing_or_reordering() {
 
     // Two records in flight per partition forces a pause and a rewind every few records.
     let group = unique("lanes");
-    let kafka: KafkaConsumer = consumer_config(&brokers(), &group, "lanes")
-        .create_with_context(ConsumerObserver::default())
-        .unwrap();
     let mut settings = ConsumerSettings::new(&group, vec![topic.clone()], format!("{topic}.dlq"));
     settings.max_in_flight_per_partition = 2;
     let handled = Arc::new(AtomicUsize::new(0));
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer::run(
-        kafka,
+        consumer_config(&brokers(), &group, "lanes"),
+        ConsumerObserver::default(),
         db.pool.clone(),
         Slow {
             handled: handled.clone(),

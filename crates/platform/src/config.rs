@@ -123,6 +123,10 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replication factor for topics this service creates (1 on a single local broker).
     pub replication_factor: i32,
+    /// A consumer with work and no progress for this long is replaced by a new group
+    /// member, then fails readiness, then liveness (`faultline_outbox::consumer::watchdog`).
+    /// Longer than the 30 s session timeout, so an ordinary rebalance is not a stall.
+    pub consumer_stall_ms: u64,
 }
 
 impl Default for KafkaSettings {
@@ -132,6 +136,7 @@ impl Default for KafkaSettings {
             topic_prefix: String::new(),
             partitions: 3,
             replication_factor: 1,
+            consumer_stall_ms: 45_000,
         }
     }
 }
@@ -160,7 +165,7 @@ impl KafkaSettings {
                 return Err(SettingError::new(path, field, "must be at least 1"));
             }
         }
-        Ok(())
+        positive(path, "CONSUMER_STALL_MS", self.consumer_stall_ms)
     }
 }
 

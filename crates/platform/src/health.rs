@@ -1,7 +1,9 @@
 //! Liveness, readiness and startup probes.
 //!
-//! - `/healthz` (liveness) answers 200 while the process can serve HTTP at all. It checks no
-//!   dependency: restarting a process because its database is down only adds load.
+//! - `/healthz` (liveness) answers 200 while the process can serve HTTP at all and none of
+//!   its own liveness checks fails: those are for states the process cannot leave by itself
+//!   (a consumer that stays stalled after it was replaced). It checks no dependency:
+//!   restarting a process because its database is down only adds load.
 //! - `/startup` answers 200 once start-up (migrations, topic creation) has finished.
 //! - `/ready` answers 200 when started, not shutting down, and every registered dependency
 //!   check passes; otherwise 503 with the failing checks, so a load balancer stops sending
@@ -39,6 +41,7 @@ struct Inner {
     started: AtomicBool,
     draining: AtomicBool,
     checks: RwLock<Vec<(&'static str, Check)>>,
+    liveness: RwLock<Vec<(&'static str, Check)>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -68,6 +71,19 @@ impl Health {
         }
     }
 
+    /// Registers a check that `/healthz` runs: one that fails only when restarting the
+    /// process is the cure.
+    pub fn add_liveness_check<F, Fut>(&self, name: &'static str, check: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let check: Check = Arc::new(move || Box::pin(check()));
+        if let Ok(mut checks) = self.inner.liveness.write() {
+            checks.push((name, check));
+        }
+    }
+
     /// Start-up is complete.
     pub fn mark_started(&self) {
         self.inner.started.store(true, Ordering::SeqCst);
@@ -91,32 +107,53 @@ impl Health {
         if self.inner.draining.load(Ordering::SeqCst) {
             return Err(vec!["shutting down".into()]);
         }
-        let checks: Vec<(&'static str, Check)> = match self.inner.checks.read() {
-            Ok(checks) => checks.clone(),
-            Err(_) => return Err(vec!["health state poisoned".into()]),
-        };
-        let mut failures = Vec::new();
-        for (name, check) in checks {
-            match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => failures.push(format!("{name}: {reason}")),
-                Err(_) => failures.push(format!("{name}: no answer within {CHECK_TIMEOUT:?}")),
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(failures)
-        }
+        run_checks(&self.inner.checks).await
+    }
+
+    /// Runs every liveness check; `Ok` when alive, otherwise the reasons.
+    pub async fn liveness(&self) -> Result<(), Vec<String>> {
+        run_checks(&self.inner.liveness).await
     }
 
     /// The probe routes, to be served on the admin port.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+            .route("/healthz", get(alive))
             .route("/startup", get(startup))
             .route("/ready", get(ready))
             .with_state(self.clone())
+    }
+}
+
+/// Runs `checks` one after the other, each within [`CHECK_TIMEOUT`].
+async fn run_checks(checks: &RwLock<Vec<(&'static str, Check)>>) -> Result<(), Vec<String>> {
+    let checks: Vec<(&'static str, Check)> = match checks.read() {
+        Ok(checks) => checks.clone(),
+        Err(_) => return Err(vec!["health state poisoned".into()]),
+    };
+    let mut failures = Vec::new();
+    for (name, check) in checks {
+        match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => failures.push(format!("{name}: {reason}")),
+            Err(_) => failures.push(format!("{name}: no answer within {CHECK_TIMEOUT:?}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures)
+    }
+}
+
+async fn alive(State(health): State<Health>) -> Response {
+    match health.liveness().await {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(failures) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not alive", "failures": failures })),
+        )
+            .into_response(),
     }
 }
 
@@ -193,6 +230,23 @@ mod tests {
         );
         assert_eq!(
             status(&health, "/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_dependency_leaves_liveness_alone_and_a_liveness_check_does_not() {
+        let health = Health::new();
+        health.mark_started();
+        health.add_check("database", || async { Err("down".to_string()) });
+        assert_eq!(status(&health, "/healthz").await, StatusCode::OK);
+        health.add_liveness_check("consumer", || async { Err("stalled".to_string()) });
+        assert_eq!(
+            health.liveness().await,
+            Err(vec!["consumer: stalled".to_string()])
+        );
+        assert_eq!(
+            status(&health, "/healthz").await,
             StatusCode::SERVICE_UNAVAILABLE
         );
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use faultline_outbox::consumer::{
     self, ConsumerError, ConsumerObserver, ConsumerSettings, ConsumerStats, GroupState, Handler,
-    HandlerError, Incoming, KafkaConsumer,
+    HandlerError, Incoming, StallPolicy,
 };
 use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
 use faultline_outbox::{OutboxMessage, Relay, RelayConfig, enqueue};
@@ -149,8 +149,9 @@ pub enum MessagingError {
 impl Messaging {
     /// Creates the service's topics if absent, then starts its outbox relay and its consumer
     /// loop with `handler`, both stopping on [`Lifecycle::background`]. Readiness gains two
-    /// checks (broker metadata reachable, consumer joined its group) and `/metrics` gains the
-    /// outbox backlog, the consumer's counters and its lag.
+    /// checks (broker metadata reachable; consumer joined its group and not stalled),
+    /// liveness one (consumer stalled beyond what replacing it cured), and `/metrics` gains
+    /// the outbox backlog, the consumer's counters and its lag.
     pub async fn start<H>(
         life: &Lifecycle,
         kafka: &KafkaSettings,
@@ -192,15 +193,19 @@ impl Messaging {
 
         let observer = ConsumerObserver::default();
         let group_state = observer.state();
-        let consumer: KafkaConsumer = consumer_config(&kafka.brokers, &group, wiring.service)
-            .create_with_context(observer)?;
-        let settings = ConsumerSettings::new(group.clone(), consumes, dead_letters);
+        let mut settings = ConsumerSettings::new(group.clone(), consumes, dead_letters);
+        settings.stall = StallPolicy {
+            bound: Duration::from_millis(kafka.consumer_stall_ms),
+            ..StallPolicy::default()
+        };
+        let consumer_health = settings.health.clone();
         life.metrics.register_collector(ConsumerMetrics {
             stats: settings.stats.clone(),
             state: group_state.clone(),
         });
         let consumer = tokio::spawn(consumer::run(
-            consumer,
+            consumer_config(&kafka.brokers, &group, wiring.service),
+            observer,
             life.pool.clone(),
             handler,
             settings,
@@ -221,15 +226,21 @@ impl Messaging {
                 .map_err(|e| e.to_string())?
             }
         });
+        let ready_health = consumer_health.clone();
         life.health.add_check("consumer", move || {
             let joined = group_state.joined();
+            let verdict = ready_health.readiness();
             async move {
-                if joined {
-                    Ok(())
-                } else {
-                    Err("the consumer has not joined its group yet".to_owned())
+                match (joined, verdict) {
+                    (_, Err(stalled)) => Err(stalled),
+                    (false, _) => Err("the consumer has not joined its group yet".to_owned()),
+                    (true, Ok(())) => Ok(()),
                 }
             }
+        });
+        life.health.add_liveness_check("consumer", move || {
+            let verdict = consumer_health.liveness();
+            async move { verdict }
         });
 
         let sampler = tokio::spawn(sample_backlog(
@@ -318,27 +329,42 @@ struct PartitionLabels {
 
 impl Collector for ConsumerMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let [processed, duplicates, parked, pauses] = self.stats.snapshot();
+        let done = self.stats.snapshot();
         for (name, help, value) in [
             (
                 "messaging_consumer_processed",
                 "Records whose effect committed",
-                processed,
+                done.processed,
             ),
             (
                 "messaging_consumer_duplicates",
                 "Redeliveries skipped by the inbox",
-                duplicates,
+                done.duplicates,
             ),
             (
                 "messaging_consumer_parked",
                 "Records parked on the dead-letter topic",
-                parked,
+                done.parked,
             ),
             (
                 "messaging_consumer_pauses",
                 "Partitions paused because their lane was full",
-                pauses,
+                done.pauses,
+            ),
+            (
+                "messaging_consumer_retries",
+                "Failed attempts that were retried",
+                done.retries,
+            ),
+            (
+                "messaging_consumer_panics",
+                "Records whose handler panicked; each was parked",
+                done.panics,
+            ),
+            (
+                "messaging_consumer_recreated",
+                "Kafka consumers replaced by the watchdog with a new group member",
+                done.recreations,
             ),
         ] {
             let counter = ConstCounter::new(value);
