@@ -64,6 +64,9 @@ pub enum ProblemType {
     RateLimited,
     /// Shed under load.
     Overloaded,
+    /// The work a new request would start cannot be finished now: refused before anything
+    /// was written.
+    PipelineFull,
     /// The request ran out of time.
     TimedOut,
     /// A bug; the details are in the log.
@@ -72,7 +75,7 @@ pub enum ProblemType {
 
 impl ProblemType {
     /// Every type, for the catalog's own checks.
-    pub const ALL: [Self; 26] = [
+    pub const ALL: [Self; 27] = [
         Self::Unauthenticated,
         Self::InvalidToken,
         Self::InvalidAuthorization,
@@ -97,6 +100,7 @@ impl ProblemType {
         Self::DependencyUnavailable,
         Self::RateLimited,
         Self::Overloaded,
+        Self::PipelineFull,
         Self::TimedOut,
         Self::Internal,
     ];
@@ -209,6 +213,11 @@ impl ProblemType {
                 "overloaded",
                 "The service is overloaded; retry later",
             ),
+            Self::PipelineFull => (
+                S::SERVICE_UNAVAILABLE,
+                "pipeline-full",
+                "Too many orders in progress; retry later",
+            ),
             Self::TimedOut => (
                 S::GATEWAY_TIMEOUT,
                 "timed-out",
@@ -232,9 +241,10 @@ impl ProblemType {
     /// request in flight or an unavailable dependency is worth asking again in a second.
     fn default_retry_after(self) -> Option<u64> {
         match self {
-            Self::IdempotencyKeyInFlight | Self::DependencyUnavailable | Self::Overloaded => {
-                Some(1)
-            }
+            Self::IdempotencyKeyInFlight
+            | Self::DependencyUnavailable
+            | Self::Overloaded
+            | Self::PipelineFull => Some(1),
             _ => None,
         }
     }

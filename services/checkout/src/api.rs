@@ -13,7 +13,9 @@
 //! orders it for the token's subject; a customer reads only their own orders. Behind
 //! authentication: a rate limit per caller (429 + `Retry-After`), priority load shedding
 //! under an adaptive concurrency limit (503 + `Retry-After`, catalog reads first), a hard cap
-//! on requests in flight, and a body size limit (413).
+//! on requests in flight, and a body size limit (413). A new order is also refused (503 +
+//! `Retry-After`, `/problems/pipeline-full`) while the saga pipeline holds as much work as it
+//! can finish ([`crate::admission`]), before anything is written.
 //!
 //! Authentication runs before the rate limit so that the limit is per customer, not per
 //! address (many customers share a NAT). Refusing a token is cheap: the size cap is a length
@@ -26,6 +28,7 @@ use std::net::SocketAddr;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, FromRef, Path, State};
 use axum::http::{Method, Request, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -47,6 +50,7 @@ use sqlx::PgPool;
 use tower::{BoxError, ServiceBuilder};
 use uuid::Uuid;
 
+use crate::admission::Admission;
 use crate::catalog::{Catalog, CatalogError, GrpcCatalog};
 use crate::catalog_cache::CachedCatalog;
 use crate::orchestrator::Orchestrator;
@@ -63,6 +67,8 @@ pub struct AppState {
     pub orchestrator: Orchestrator,
     /// Who may do what (`policies/authz.rego`).
     pub policy: Policy,
+    /// Whether the saga pipeline can take another order.
+    pub admission: Admission,
 }
 
 impl FromRef<AppState> for Policy {
@@ -91,13 +97,20 @@ pub fn router(
     metrics: Metrics,
 ) -> Router {
     let authorize = AuthorizeLayer::new(state.policy.clone());
-    // The policy decides before the key is claimed: a refused request must not hold a key.
+    // The policy and admission decide before the key is claimed: a refused request must
+    // not hold a key, and an order the pipeline cannot finish must write nothing at all.
     let place = post(place_order).layer(
-        ServiceBuilder::new().layer(authorize.clone()).layer(
-            IdempotencyLayer::new(idempotency)
-                .required()
-                .scoped_by(|parts| Some(parts.extensions.get::<Principal>()?.subject.clone())),
-        ),
+        ServiceBuilder::new()
+            .layer(authorize.clone())
+            .layer(middleware::from_fn_with_state(
+                state.admission.clone(),
+                admit,
+            ))
+            .layer(
+                IdempotencyLayer::new(idempotency)
+                    .required()
+                    .scoped_by(|parts| Some(parts.extensions.get::<Principal>()?.subject.clone())),
+            ),
     );
     let edge = ServiceBuilder::new()
         .layer(RecoverLayer::new(render_rejection))
@@ -140,6 +153,21 @@ fn priority(request: &Request<Body>) -> Priority {
         (&Method::POST, "/v1/orders") => Priority::Critical,
         (_, path) if path.starts_with("/v1/orders") => Priority::Normal,
         _ => Priority::Sheddable,
+    }
+}
+
+/// Lets a new order through only while the saga pipeline has room ([`Admission`]).
+async fn admit(
+    State(admission): State<Admission>,
+    request: Request<Body>,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match admission.admit() {
+        Ok(()) => Ok(next.run(request).await),
+        Err(refusal) => Err(ApiError::PipelineFull {
+            retry_after_secs: admission.retry_after_secs(),
+            detail: refusal.to_string(),
+        }),
     }
 }
 
@@ -377,6 +405,13 @@ pub enum ApiError {
         /// Which limit.
         detail: String,
     },
+    /// The saga pipeline has as much work as it can finish; this order was not taken.
+    PipelineFull {
+        /// When to come back.
+        retry_after_secs: u64,
+        /// Which limit.
+        detail: String,
+    },
     /// No such route.
     RouteNotFound,
     /// The route exists, the method does not.
@@ -494,6 +529,10 @@ impl ApiError {
                     None => problem,
                 }
             }
+            Self::PipelineFull {
+                retry_after_secs,
+                detail,
+            } => Problem::new(T::PipelineFull, detail).retry_after(retry_after_secs),
             Self::RouteNotFound => {
                 Problem::new(T::NotFound, "the path does not name a resource of this API")
             }

@@ -15,6 +15,8 @@ use faultline_resilience::{ClientConfig, EdgeConfig, HedgeConfig};
 use faultline_settings::{SettingError, positive};
 use serde::{Deserialize, Serialize};
 
+use crate::admission::AdmissionSettings;
+
 /// Environment variable prefix.
 pub const PREFIX: &str = "CHECKOUT";
 
@@ -41,6 +43,9 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Saga deadlines.
     pub saga: SagaSettings,
+    /// How much unfinished work checkout takes on before it refuses new orders
+    /// (`CHECKOUT_ADMISSION__*`; defaults in [`AdmissionSettings`]).
+    pub admission: AdmissionSettings,
     /// The catalog cache in front of inventory (`CHECKOUT_CACHE__*`): faultline-cache's
     /// defaults (Redis at `redis://127.0.0.1:6379`, 5 min TTL with 10 % jitter, 30 s for
     /// "not found", a 1 s in-process L1).
@@ -124,6 +129,7 @@ impl Default for Config {
                 max_attempts: 3,
                 sweep_interval_ms: 1_000,
             },
+            admission: AdmissionSettings::default(),
             cache: CacheConfig::default(),
             auth: JwtSettings::default(),
             policy: PolicySettings::default(),
@@ -163,6 +169,7 @@ impl Config {
         positive(&saga, "STEP_TIMEOUT_MS", self.saga.step_timeout_ms)?;
         positive(&saga, "MAX_ATTEMPTS", u64::from(self.saga.max_attempts))?;
         positive(&saga, "SWEEP_INTERVAL_MS", self.saga.sweep_interval_ms)?;
+        self.admission.validate(&format!("{PREFIX}_ADMISSION"))?;
         self.inventory
             .resilience
             .validate(&format!("{inventory}__RESILIENCE"))?;

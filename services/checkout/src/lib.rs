@@ -1,7 +1,8 @@
 //! Checkout: the public order API and the orchestrator of the order saga.
 //!
 //! - [`api`]: `POST /v1/orders` (with a required `Idempotency-Key`) and
-//!   `GET /v1/orders/{id}` (axum).
+//!   `GET /v1/orders/{id}` (axum); [`admission`] refuses new orders while the saga pipeline
+//!   is full.
 //! - [`orders`]: placing (validate, price, store, start the saga) and reading orders.
 //! - [`catalog`]: product lookups against inventory over gRPC; [`catalog_cache`] puts a
 //!   Redis cache in front, invalidated by inventory's `ProductChanged` events.
@@ -10,6 +11,7 @@
 //!
 //! [`run`] starts everything and returns after a graceful shutdown.
 
+pub mod admission;
 pub mod api;
 pub mod catalog;
 pub mod catalog_cache;
@@ -34,6 +36,7 @@ use faultline_telemetry::metrics::Metrics;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::api::AppState;
 use crate::catalog::{CatalogItem, GrpcCatalog};
 use crate::catalog_cache::{CATALOG_CACHE_VERSION, CachedCatalog};
@@ -155,11 +158,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         life.background(),
     ));
 
+    let admission = Admission::new(config.admission.clone());
+    metrics.register_collector(admission.collector());
+    let admission_sampler = tokio::spawn(admission.clone().sample(pool.clone(), life.background()));
     let state = AppState {
         pool: pool.clone(),
         catalog,
         orchestrator,
         policy,
+        admission,
     };
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -186,6 +193,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let mut tasks = vec![
         ("deadline sweeper", sweeper),
+        ("admission sampler", admission_sampler),
         ("idempotency reaper", reaper),
         ("JWKS refresh", jwks_refresh),
         ("policy reload", policy_reload),
