@@ -20,12 +20,15 @@
 //!
 //! Deadlines: a step that gets no answer in time is sent again (participants are idempotent
 //! per order) up to `max_attempts` sends, then compensated. Completing and compensating
-//! steps are never given up; they are re-sent until answered.
+//! steps are never given up; they are re-sent until answered, each wait twice the last (up
+//! to five minutes). The orchestrator does not run a deadline while the step's command is
+//! still in the outbox: a deadline measures the participant, not the broker in front of it.
 //!
 //! Events that do not fit the current state (duplicates, late answers after a timeout) are
 //! ignored; the participants' own idempotency makes that safe.
 
 use std::fmt;
+use std::time::Duration;
 
 /// Where the saga of one order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -360,6 +363,28 @@ fn completing(stock_committed: bool, payment_captured: bool) -> State {
     }
 }
 
+/// Longest wait between two sends of a step that must succeed in the end.
+pub const MAX_RESEND_INTERVAL: Duration = Duration::from_secs(300);
+
+impl Saga {
+    /// How long the current step may go unanswered before it is sent again. A step that can
+    /// still be compensated waits `step_timeout` each time (its attempts are bounded). A
+    /// step that must succeed in the end (completing, compensating) is re-sent for as long
+    /// as it takes, so each wait doubles, up to [`MAX_RESEND_INTERVAL`]: a participant that
+    /// is down for an hour gets a handful of commands per order, not hundreds.
+    pub fn step_deadline(&self, step_timeout: Duration) -> Duration {
+        match self.state {
+            State::Completing { .. } | State::Compensating { .. } => {
+                let doublings = self.attempts.saturating_sub(1).min(16);
+                step_timeout
+                    .saturating_mul(1u32 << doublings)
+                    .min(MAX_RESEND_INTERVAL.max(step_timeout))
+            }
+            _ => step_timeout,
+        }
+    }
+}
+
 fn compensating(stock_released: bool, payment_voided: bool) -> State {
     if stock_released && payment_voided {
         State::Compensated
@@ -375,6 +400,27 @@ fn compensating(stock_released: bool, payment_voided: bool) -> State {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_step_that_must_succeed_backs_off_and_one_that_may_fail_does_not() {
+        let step = Duration::from_secs(15);
+        let completing = |attempts| Saga {
+            state: State::Completing {
+                stock_committed: false,
+                payment_captured: false,
+            },
+            attempts,
+        };
+        assert_eq!(completing(1).step_deadline(step), step);
+        assert_eq!(completing(2).step_deadline(step), step * 2);
+        assert_eq!(completing(4).step_deadline(step), step * 8);
+        assert_eq!(completing(60).step_deadline(step), MAX_RESEND_INTERVAL);
+        let waiting = Saga {
+            state: State::AwaitingPayment,
+            attempts: 3,
+        };
+        assert_eq!(waiting.step_deadline(step), step);
+    }
 
     const MAX: u32 = 3;
 
