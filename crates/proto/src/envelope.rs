@@ -11,9 +11,13 @@ use uuid::Uuid;
 
 pub use crate::messaging::v1::Envelope;
 
-/// Schema version written for every payload today. Bump it (per message type) when a payload
-/// changes in a way older consumers cannot read; they will park such messages rather than
-/// misread them.
+/// Revision of the payload schemas this build writes. It is bumped for compatible changes
+/// only (a field added): a build that knows an older revision reads a newer one and ignores
+/// what it does not know, as protobuf readers do, so producers and consumers can be upgraded
+/// in either order. A change that older readers would misread (a field's meaning or type
+/// changed, a required field added) is never a revision: it is a new message type in a new
+/// package version (`faultline.inventory.v2.ReserveStock`), which an older build parks as a
+/// type it does not know (ADR 0009).
 pub const CURRENT_SCHEMA_VERSION: u32 = 1;
 
 /// Where a message comes from, in the business flow and in the system.
@@ -43,16 +47,6 @@ pub enum EnvelopeError {
         expected: String,
         /// What the envelope says it holds.
         found: String,
-    },
-    /// The payload was written with a schema this build does not know yet.
-    #[error("{message_type} has schema version {found}, this build reads up to {supported}")]
-    UnsupportedVersion {
-        /// The payload's type.
-        message_type: String,
-        /// Version in the envelope.
-        found: u32,
-        /// Highest version this build reads.
-        supported: u32,
     },
     /// A field the contract requires is empty.
     #[error("envelope field `{0}` is empty")]
@@ -108,19 +102,14 @@ impl Envelope {
         self.message_type == M::full_name()
     }
 
-    /// Decodes the payload as an `M`, refusing other types and newer schema versions.
+    /// Decodes the payload as an `M`, refusing other types. A newer revision of `M` is read
+    /// like the one this build knows; fields it added are ignored
+    /// ([`CURRENT_SCHEMA_VERSION`]).
     pub fn open<M: Message + Name + Default>(&self) -> Result<M, EnvelopeError> {
         if !self.is::<M>() {
             return Err(EnvelopeError::WrongType {
                 expected: M::full_name(),
                 found: self.message_type.clone(),
-            });
-        }
-        if self.schema_version > CURRENT_SCHEMA_VERSION {
-            return Err(EnvelopeError::UnsupportedVersion {
-                message_type: self.message_type.clone(),
-                found: self.schema_version,
-                supported: CURRENT_SCHEMA_VERSION,
             });
         }
         Ok(M::decode(self.payload.as_slice())?)
@@ -173,15 +162,33 @@ mod tests {
         assert!(matches!(err, EnvelopeError::WrongType { .. }), "{err}");
     }
 
+    /// `StockReserved` as a later build might write it: one field added.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct StockReservedNextRevision {
+        #[prost(string, tag = "1")]
+        order_id: String,
+        #[prost(string, tag = "2")]
+        warehouse: String,
+    }
+
+    impl Name for StockReservedNextRevision {
+        const NAME: &'static str = "StockReserved";
+        const PACKAGE: &'static str = "faultline.inventory.v1";
+    }
+
     #[test]
-    fn a_newer_schema_version_is_refused() {
-        let mut envelope = Envelope::wrap(&StockReserved::default(), provenance());
+    fn a_newer_revision_with_an_added_field_is_read_by_this_build() {
+        let newer = StockReservedNextRevision {
+            order_id: "order-1".into(),
+            warehouse: "north".into(),
+        };
+        let mut envelope = Envelope::wrap(&newer, provenance());
         envelope.schema_version = CURRENT_SCHEMA_VERSION + 1;
-        let err = envelope.open::<StockReserved>().unwrap_err();
-        assert!(
-            matches!(err, EnvelopeError::UnsupportedVersion { .. }),
-            "{err}"
-        );
+        let bytes = envelope.encode_to_vec();
+
+        let received = Envelope::decode_checked(&bytes).unwrap();
+        let read = received.open::<StockReserved>().unwrap();
+        assert_eq!(read.order_id, "order-1");
     }
 
     #[test]
