@@ -13,6 +13,8 @@ mod config;
 pub mod grpc;
 pub mod payments;
 pub mod provider;
+mod settle;
+mod stored;
 
 pub use config::{Config, PREFIX, ProviderSettings};
 

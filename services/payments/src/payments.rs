@@ -6,11 +6,14 @@
 
 use faultline_idempotency::{Fingerprint, IdempotencyKey, Lease, LeaseError, STARTED};
 use faultline_proto::contract::validate_currency;
-use sqlx::{FromRow, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::provider::{PaymentProvider, ProviderDecision, ProviderError, ProviderRequest};
+pub use crate::settle::{capture, void};
+pub use crate::stored::PaymentStatus;
+use crate::stored::{Payment, by_key};
 
 /// A request to hold funds for an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +54,9 @@ impl AuthorizeRequest {
     }
 }
 
-/// The answer to an authorization, the same every time it is asked with one key.
+/// The answer to an authorization: what became of the payment the key made. A repeated key
+/// gets the payment's state now, not the first answer when that has changed since, so a
+/// voided payment is never reported as holding funds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorization {
     /// Funds are held.
@@ -65,6 +70,16 @@ pub enum Authorization {
         payment_id: Uuid,
         /// The provider's reason.
         reason: String,
+    },
+    /// Authorized, and captured since: the funds were moved, nothing is held any more.
+    Captured {
+        /// The payment.
+        payment_id: Uuid,
+    },
+    /// Voided: nothing is held, and nothing will be for this order.
+    Voided {
+        /// The payment.
+        payment_id: Uuid,
     },
 }
 
@@ -89,12 +104,12 @@ pub enum PaymentError {
     #[error("order {0} already has a payment")]
     OrderAlreadyPaid(Uuid),
     /// Only an authorized payment can be captured.
-    #[error("payment of order {order_id} cannot be captured: it is {status}")]
+    #[error("payment of order {order_id} cannot be captured: it is {}", .status.map_or("missing", PaymentStatus::as_str))]
     NotCapturable {
         /// The order.
         order_id: Uuid,
-        /// Its payment's status.
-        status: String,
+        /// Its payment's status; `None` when it has none.
+        status: Option<PaymentStatus>,
     },
     /// Captured money is refunded, not voided.
     #[error("payment of order {0} is captured and cannot be voided")]
@@ -116,17 +131,6 @@ pub enum PaymentError {
     Database(#[from] sqlx::Error),
 }
 
-#[derive(Debug, FromRow)]
-struct Payment {
-    id: Uuid,
-    order_id: Uuid,
-    customer_id: String,
-    amount_minor: i64,
-    currency: String,
-    status: String,
-    decline_reason: Option<String>,
-}
-
 impl From<LeaseError> for PaymentError {
     fn from(error: LeaseError) -> Self {
         match error {
@@ -146,40 +150,18 @@ impl Payment {
         if !same {
             return Err(PaymentError::KeyReused(request.idempotency_key.clone()));
         }
-        match (self.status.as_str(), self.decline_reason) {
-            ("pending", _) => Err(PaymentError::InProgress(self.order_id)),
-            ("declined", reason) => Ok(Authorization::Declined {
-                payment_id: self.id,
-                reason: reason.unwrap_or_default(),
+        let payment_id = self.id;
+        match self.status {
+            PaymentStatus::Pending => Err(PaymentError::InProgress(self.order_id)),
+            PaymentStatus::Authorized => Ok(Authorization::Authorized { payment_id }),
+            PaymentStatus::Declined => Ok(Authorization::Declined {
+                payment_id,
+                reason: self.decline_reason.unwrap_or_default(),
             }),
-            _ => Ok(Authorization::Authorized {
-                payment_id: self.id,
-            }),
+            PaymentStatus::Captured => Ok(Authorization::Captured { payment_id }),
+            PaymentStatus::Voided => Ok(Authorization::Voided { payment_id }),
         }
     }
-}
-
-async fn by_key(conn: &mut PgConnection, key: &str) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
-         FROM payments WHERE idempotency_key = $1",
-    )
-    .bind(key)
-    .fetch_optional(conn)
-    .await
-}
-
-async fn by_order_for_update(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
-         FROM payments WHERE order_id = $1 FOR UPDATE",
-    )
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await
 }
 
 /// Recovery point once the pending payment row is committed.
@@ -272,7 +254,7 @@ pub async fn decide<P: PaymentProvider>(
                         request.idempotency_key
                     ))
                 })?;
-            if existing.status != "pending" {
+            if existing.status != PaymentStatus::Pending {
                 return existing.replay(request).map(Decided::Replay);
             }
             existing.id
@@ -367,7 +349,9 @@ async fn create_pending(
         return Ok(Pending::Created(payment_id));
     }
     match by_key(conn, &request.idempotency_key).await? {
-        Some(existing) if existing.status == "pending" => Ok(Pending::Created(existing.id)),
+        Some(existing) if existing.status == PaymentStatus::Pending => {
+            Ok(Pending::Created(existing.id))
+        }
         Some(existing) => Ok(Pending::Decided(existing)),
         None => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
     }
@@ -379,8 +363,12 @@ async fn record_decision(
     decision: &ProviderDecision,
 ) -> Result<(), sqlx::Error> {
     let (status, reason, reference) = match decision {
-        ProviderDecision::Approved { reference } => ("authorized", None, Some(reference.as_str())),
-        ProviderDecision::Declined { reason } => ("declined", Some(reason.as_str()), None),
+        ProviderDecision::Approved { reference } => {
+            (PaymentStatus::Authorized, None, Some(reference.as_str()))
+        }
+        ProviderDecision::Declined { reason } => {
+            (PaymentStatus::Declined, Some(reason.as_str()), None)
+        }
     };
     sqlx::query(
         "UPDATE payments
@@ -394,71 +382,6 @@ async fn record_decision(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Captures the order's authorized payment and books it in the ledger. Idempotent.
-#[tracing::instrument(name = "payment capture", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
-pub async fn capture(conn: &mut PgConnection, order_id: Uuid) -> Result<Capture, PaymentError> {
-    let Some(payment) = by_order_for_update(conn, order_id).await? else {
-        return Err(PaymentError::NotCapturable {
-            order_id,
-            status: "missing".into(),
-        });
-    };
-    let capture = Capture {
-        payment_id: payment.id,
-        amount_minor: payment.amount_minor,
-        currency: payment.currency.clone(),
-    };
-    match payment.status.as_str() {
-        "captured" => Ok(capture),
-        "pending" => Err(PaymentError::InProgress(order_id)),
-        "authorized" => {
-            sqlx::query(
-                "UPDATE payments SET status = 'captured', updated_at = now() WHERE id = $1",
-            )
-            .bind(payment.id)
-            .execute(&mut *conn)
-            .await?;
-            // The customer owes the amount; the merchant's revenue grows by it.
-            let customer_account = format!("customer:{}", payment.customer_id);
-            sqlx::query(
-                "INSERT INTO ledger_entries (payment_id, account, amount_minor, currency)
-                 VALUES ($1, $2, $3, $5), ($1, $4, -$3, $5)",
-            )
-            .bind(payment.id)
-            .bind(customer_account)
-            .bind(payment.amount_minor)
-            .bind("merchant:revenue")
-            .bind(&payment.currency)
-            .execute(&mut *conn)
-            .await?;
-            Ok(capture)
-        }
-        other => Err(PaymentError::NotCapturable {
-            order_id,
-            status: other.to_owned(),
-        }),
-    }
-}
-
-/// Releases the order's authorization. Idempotent; voiding an order without an authorized
-/// payment (never authorized, declined, already voided) changes nothing.
-#[tracing::instrument(name = "payment void", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
-pub async fn void(conn: &mut PgConnection, order_id: Uuid) -> Result<(), PaymentError> {
-    match by_order_for_update(conn, order_id).await? {
-        Some(payment) if payment.status == "authorized" => {
-            sqlx::query("UPDATE payments SET status = 'voided', updated_at = now() WHERE id = $1")
-                .bind(payment.id)
-                .execute(conn)
-                .await?;
-            Ok(())
-        }
-        Some(payment) if payment.status == "captured" => {
-            Err(PaymentError::AlreadyCaptured(order_id))
-        }
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -546,7 +469,7 @@ mod tests {
             customer_id: "c-1".into(),
             amount_minor: 100,
             currency: "EUR".into(),
-            status: "authorized".into(),
+            status: PaymentStatus::Authorized,
             decline_reason: None,
         };
         let different = AuthorizeRequest {
@@ -556,6 +479,36 @@ mod tests {
         assert!(matches!(
             stored.replay(&different),
             Err(PaymentError::KeyReused(_))
+        ));
+    }
+
+    #[test]
+    fn a_replay_tells_what_became_of_the_payment() {
+        let stored = |status| Payment {
+            id: Uuid::nil(),
+            order_id: Uuid::nil(),
+            customer_id: "c-1".into(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+            status,
+            decline_reason: None,
+        };
+        let payment_id = Uuid::nil();
+        assert_eq!(
+            stored(PaymentStatus::Captured).replay(&request()).unwrap(),
+            Authorization::Captured { payment_id }
+        );
+        assert_eq!(
+            stored(PaymentStatus::Voided).replay(&request()).unwrap(),
+            Authorization::Voided { payment_id }
+        );
+        assert_eq!(
+            stored(PaymentStatus::Authorized).replay(&request()).unwrap(),
+            Authorization::Authorized { payment_id }
+        );
+        assert!(matches!(
+            stored(PaymentStatus::Pending).replay(&request()),
+            Err(PaymentError::InProgress(_))
         ));
     }
 }

@@ -63,7 +63,7 @@ async fn a_crash_after_the_provider_call_resumes_without_a_second_hold() {
     drop(tx);
     drop(lease);
 
-    let status: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+    let status: String = sqlx::query_scalar("SELECT status::text FROM payments WHERE order_id = $1")
         .bind(order_id)
         .fetch_one(&pool)
         .await
@@ -101,7 +101,7 @@ async fn a_crash_after_the_provider_call_resumes_without_a_second_hold() {
     assert_eq!(first, second, "the same payment, resumed");
 
     let rows: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT id, status FROM payments WHERE order_id = $1")
+        sqlx::query_as("SELECT id, status::text FROM payments WHERE order_id = $1")
             .bind(order_id)
             .fetch_all(&pool)
             .await
