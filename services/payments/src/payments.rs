@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::provider::{PaymentProvider, ProviderDecision, ProviderError, ProviderRequest};
 pub use crate::settle::{capture, void};
 pub use crate::stored::PaymentStatus;
-use crate::stored::{Payment, by_key};
+use crate::stored::{Lock, Payment, by_id, by_key, by_order};
 
 /// A request to hold funds for an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +150,11 @@ impl Payment {
         if !same {
             return Err(PaymentError::KeyReused(request.idempotency_key.clone()));
         }
+        self.answer()
+    }
+
+    /// What the payment is now, as an answer to its authorization.
+    fn answer(self) -> Result<Authorization, PaymentError> {
         let payment_id = self.id;
         match self.status {
             PaymentStatus::Pending => Err(PaymentError::InProgress(self.order_id)),
@@ -238,8 +243,7 @@ pub async fn decide<P: PaymentProvider>(
             let pending = create_pending(&mut tx, request).await?;
             let payment_id = match pending {
                 Pending::Created(id) => id,
-                // Decided under this key before the key itself was forgotten (expired).
-                Pending::Decided(existing) => return existing.replay(request).map(Decided::Replay),
+                Pending::Answered(answer) => return Ok(Decided::Replay(answer)),
             };
             lease.checkpoint(&mut tx, PAYMENT_CREATED).await?;
             tx.commit().await?;
@@ -313,16 +317,23 @@ pub async fn record(
             decision,
         } => (payment_id, decision),
     };
-    record_decision(finish, payment_id, &decision).await?;
+    if !record_decision(finish, payment_id, &decision).await? {
+        // Decided meanwhile: the order was cancelled and its void won over this pending
+        // authorization. Whatever the provider said, the truth is the row's.
+        return by_id(finish, payment_id).await?.answer();
+    }
     Ok(match decision {
         ProviderDecision::Approved { .. } => Authorization::Authorized { payment_id },
         ProviderDecision::Declined { reason } => Authorization::Declined { payment_id, reason },
     })
 }
 
+/// What step 1 found.
 enum Pending {
+    /// A pending payment to ask the provider about.
     Created(Uuid),
-    Decided(Payment),
+    /// Nothing to ask: the answer is already known.
+    Answered(Authorization),
 }
 
 async fn create_pending(
@@ -352,16 +363,28 @@ async fn create_pending(
         Some(existing) if existing.status == PaymentStatus::Pending => {
             Ok(Pending::Created(existing.id))
         }
-        Some(existing) => Ok(Pending::Decided(existing)),
-        None => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
+        // Decided under this key before the key itself was forgotten (expired).
+        Some(existing) => existing.replay(request).map(Pending::Answered),
+        // The order has a payment under another key, or was voided (a payment or a
+        // tombstone): a void is final, and this authorization is refused with its state.
+        None => match by_order(conn, request.order_id, Lock::None).await? {
+            Some(stored) => match stored.status() {
+                (payment_id, PaymentStatus::Voided) => {
+                    Ok(Pending::Answered(Authorization::Voided { payment_id }))
+                }
+                _ => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
+            },
+            None => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
+        },
     }
 }
 
+/// Writes the provider's decision on a payment still pending; `false` if it no longer was.
 async fn record_decision(
     conn: &mut PgConnection,
     payment_id: Uuid,
     decision: &ProviderDecision,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let (status, reason, reference) = match decision {
         ProviderDecision::Approved { reference } => {
             (PaymentStatus::Authorized, None, Some(reference.as_str()))
@@ -370,7 +393,7 @@ async fn record_decision(
             (PaymentStatus::Declined, Some(reason.as_str()), None)
         }
     };
-    sqlx::query(
+    let updated = sqlx::query(
         "UPDATE payments
          SET status = $2, decline_reason = $3, provider_reference = $4, updated_at = now()
          WHERE id = $1 AND status = 'pending'",
@@ -380,8 +403,9 @@ async fn record_decision(
     .bind(reason)
     .bind(reference)
     .execute(conn)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
 }
 
 #[cfg(test)]

@@ -5,16 +5,25 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::payments::{Capture, PaymentError};
-use crate::stored::{PaymentStatus, by_order_for_update};
+use crate::stored::{Lock, PaymentStatus, Stored, by_order};
 
 /// Captures the order's authorized payment and books it in the ledger. Idempotent.
 #[tracing::instrument(name = "payment capture", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
 pub async fn capture(conn: &mut PgConnection, order_id: Uuid) -> Result<Capture, PaymentError> {
-    let Some(payment) = by_order_for_update(conn, order_id).await? else {
-        return Err(PaymentError::NotCapturable {
-            order_id,
-            status: None,
-        });
+    let payment = match by_order(conn, order_id, Lock::ForUpdate).await? {
+        Some(Stored::Payment(payment)) => payment,
+        Some(Stored::Tombstone { .. }) => {
+            return Err(PaymentError::NotCapturable {
+                order_id,
+                status: Some(PaymentStatus::Voided),
+            });
+        }
+        None => {
+            return Err(PaymentError::NotCapturable {
+                order_id,
+                status: None,
+            });
+        }
     };
     let capture = Capture {
         payment_id: payment.id,
@@ -55,22 +64,43 @@ pub async fn capture(conn: &mut PgConnection, order_id: Uuid) -> Result<Capture,
     }
 }
 
-/// Releases the order's authorization. Idempotent; voiding an order without an authorized
-/// payment (never authorized, declined, already voided) changes nothing.
+/// Voids the order's payment, for good: releases an authorization, cancels one still pending
+/// (the void wins; the authorization finishing later finds it voided and says so), and for
+/// an order with no payment yet leaves a tombstone, so that an authorization arriving after
+/// the void is refused instead of holding funds for a cancelled order. Idempotent; a
+/// declined or voided payment stays as it is, a captured one is refused (it is refunded,
+/// not voided).
 #[tracing::instrument(name = "payment void", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
 pub async fn void(conn: &mut PgConnection, order_id: Uuid) -> Result<(), PaymentError> {
-    let Some(payment) = by_order_for_update(conn, order_id).await? else {
+    // The tombstone and an authorization's pending payment collide on order_id, so whichever
+    // commits second sees the first: no authorization slips past a void unseen.
+    let tombstone = sqlx::query(
+        "INSERT INTO payments (id, order_id, status) VALUES ($1, $2, 'voided')
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if tombstone == 1 {
         return Ok(());
+    }
+    let Some(stored) = by_order(conn, order_id, Lock::ForUpdate).await? else {
+        return Err(PaymentError::Corrupt(format!(
+            "order {order_id} conflicts with a payment that is not there"
+        )));
     };
-    match payment.status {
-        PaymentStatus::Authorized => {
+    let (payment_id, status) = stored.status();
+    match status {
+        PaymentStatus::Authorized | PaymentStatus::Pending => {
             sqlx::query("UPDATE payments SET status = 'voided', updated_at = now() WHERE id = $1")
-                .bind(payment.id)
+                .bind(payment_id)
                 .execute(conn)
                 .await?;
             Ok(())
         }
         PaymentStatus::Captured => Err(PaymentError::AlreadyCaptured(order_id)),
-        PaymentStatus::Pending | PaymentStatus::Declined | PaymentStatus::Voided => Ok(()),
+        PaymentStatus::Declined | PaymentStatus::Voided => Ok(()),
     }
 }
