@@ -143,14 +143,22 @@ impl From<LeaseError> for PaymentError {
 impl Payment {
     /// The stored answer for a repeated request, if it is the same request.
     fn replay(self, request: &AuthorizeRequest) -> Result<Authorization, PaymentError> {
+        self.made_by(request)?;
+        self.answer()
+    }
+
+    /// Refuses a request with this payment's key but other terms (another order, say): a
+    /// key reused, whose answer (or pending payment) belongs to someone else.
+    fn made_by(&self, request: &AuthorizeRequest) -> Result<(), PaymentError> {
         let same = self.order_id == request.order_id
             && self.customer_id == request.customer_id
             && self.amount_minor == request.amount_minor
             && self.currency == request.currency;
-        if !same {
-            return Err(PaymentError::KeyReused(request.idempotency_key.clone()));
+        if same {
+            Ok(())
+        } else {
+            Err(PaymentError::KeyReused(request.idempotency_key.clone()))
         }
-        self.answer()
     }
 
     /// What the payment is now, as an answer to its authorization.
@@ -261,6 +269,7 @@ pub async fn decide<P: PaymentProvider>(
             if existing.status != PaymentStatus::Pending {
                 return existing.replay(request).map(Decided::Replay);
             }
+            existing.made_by(request)?;
             existing.id
         }
         other => {
@@ -360,7 +369,10 @@ async fn create_pending(
         return Ok(Pending::Created(payment_id));
     }
     match by_key(conn, &request.idempotency_key).await? {
+        // A pending payment under this key is resumed only if this request made it: the
+        // key's row may have expired and the key come back for another order.
         Some(existing) if existing.status == PaymentStatus::Pending => {
+            existing.made_by(request)?;
             Ok(Pending::Created(existing.id))
         }
         // Decided under this key before the key itself was forgotten (expired).

@@ -124,3 +124,55 @@ async fn a_crash_after_the_provider_call_resumes_without_a_second_hold() {
 
     db.drop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_key_reused_for_another_order_is_refused_not_resumed() {
+    let db = database().await;
+    let pool = db.pool.clone();
+    let keys = Store::new(pool.clone(), IdempotencyConfig::default());
+    let provider = SimulatedProvider::new(50_000);
+    let first_order = request(Uuid::now_v7());
+    let key = IdempotencyKey::parse(&first_order.idempotency_key).unwrap();
+
+    // Order A's authorization commits its pending payment and dies before finishing.
+    let Claim::Owned(mut lease) = keys
+        .claim("payments", &key, first_order.fingerprint())
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is owned");
+    };
+    let mut tx = pool.begin().await.unwrap();
+    domain::authorize(&pool, &provider, &mut lease, &first_order, &mut tx)
+        .await
+        .unwrap();
+    drop(tx);
+    drop(lease);
+
+    // The key row is forgotten (expired and reaped); order B arrives with the same key.
+    sqlx::query("DELETE FROM idempotency_keys WHERE key = $1")
+        .bind(key.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let other_order = AuthorizeRequest {
+        order_id: Uuid::now_v7(),
+        ..first_order.clone()
+    };
+    let Claim::Owned(mut lease) = keys
+        .claim("payments", &key, other_order.fingerprint())
+        .await
+        .unwrap()
+    else {
+        panic!("the forgotten key is owned afresh");
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let answer = domain::authorize(&pool, &provider, &mut lease, &other_order, &mut tx).await;
+    assert!(
+        matches!(answer, Err(domain::PaymentError::KeyReused(_))),
+        "order B was given order A's payment: {answer:?}"
+    );
+    // An open transaction would keep the database from being dropped.
+    drop(tx);
+    db.drop().await.unwrap();
+}
