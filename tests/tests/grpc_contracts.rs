@@ -93,7 +93,7 @@ async fn authorize_is_idempotent_per_key_and_refuses_misuse() -> anyhow::Result<
     let bad_requests = [
         authorize("", Uuid::now_v7(), 1_000),
         authorize("key with spaces", Uuid::now_v7(), 1_000),
-        authorize("key-4", Uuid::now_v7(), 0),
+        authorize("key-4", Uuid::now_v7(), -1),
         payments::AuthorizeRequest {
             order_id: "not-a-uuid".into(),
             ..authorize("key-5", Uuid::now_v7(), 1_000)

@@ -24,7 +24,7 @@ pub struct AuthorizeRequest {
     pub order_id: Uuid,
     /// Who pays.
     pub customer_id: String,
-    /// Minor units, positive.
+    /// Minor units, zero or more: a free order authorizes 0, which holds nothing.
     pub amount_minor: i64,
     /// ISO 4217 code.
     pub currency: String,
@@ -47,8 +47,8 @@ impl AuthorizeRequest {
         if self.customer_id.trim().is_empty() {
             return Err("customer_id must not be empty".into());
         }
-        if self.amount_minor <= 0 {
-            return Err("amount must be positive".into());
+        if self.amount_minor < 0 {
+            return Err("amount must not be negative".into());
         }
         validate_currency(&self.currency)
     }
@@ -235,6 +235,12 @@ pub enum Decided {
         /// What the provider said.
         decision: ProviderDecision,
     },
+    /// An amount of 0: authorized without asking the provider, since there is nothing to
+    /// hold (and a provider may refuse a zero hold, which would cancel a free order).
+    NothingToHold {
+        /// The pending payment it decides.
+        payment_id: Uuid,
+    },
 }
 
 /// Steps 1 and 2 of [`authorize`], on connections of their own from `pool`.
@@ -280,6 +286,10 @@ pub async fn decide<P: PaymentProvider>(
         }
     };
 
+    if request.amount_minor == 0 {
+        return Ok(Decided::NothingToHold { payment_id });
+    }
+
     // The provider is an external dependency: a client span, as for any remote call.
     let psp = tracing::info_span!(
         "psp authorize",
@@ -319,21 +329,28 @@ pub async fn record(
     finish: &mut PgConnection,
     decided: Decided,
 ) -> Result<Authorization, PaymentError> {
-    let (payment_id, decision) = match decided {
+    let (payment_id, status, reason, reference) = match decided {
         Decided::Replay(authorization) => return Ok(authorization),
         Decided::Fresh {
             payment_id,
-            decision,
-        } => (payment_id, decision),
+            decision: ProviderDecision::Approved { reference },
+        } => (payment_id, PaymentStatus::Authorized, None, Some(reference)),
+        Decided::Fresh {
+            payment_id,
+            decision: ProviderDecision::Declined { reason },
+        } => (payment_id, PaymentStatus::Declined, Some(reason), None),
+        Decided::NothingToHold { payment_id } => {
+            (payment_id, PaymentStatus::Authorized, None, None)
+        }
     };
-    if !record_decision(finish, payment_id, &decision).await? {
+    if !record_decision(finish, payment_id, status, reason.as_deref(), reference.as_deref()).await? {
         // Decided meanwhile: the order was cancelled and its void won over this pending
         // authorization. Whatever the provider said, the truth is the row's.
         return by_id(finish, payment_id).await?.answer();
     }
-    Ok(match decision {
-        ProviderDecision::Approved { .. } => Authorization::Authorized { payment_id },
-        ProviderDecision::Declined { reason } => Authorization::Declined { payment_id, reason },
+    Ok(match reason {
+        Some(reason) => Authorization::Declined { payment_id, reason },
+        None => Authorization::Authorized { payment_id },
     })
 }
 
@@ -391,20 +408,14 @@ async fn create_pending(
     }
 }
 
-/// Writes the provider's decision on a payment still pending; `false` if it no longer was.
+/// Writes the decision on a payment still pending; `false` if it no longer was.
 async fn record_decision(
     conn: &mut PgConnection,
     payment_id: Uuid,
-    decision: &ProviderDecision,
+    status: PaymentStatus,
+    reason: Option<&str>,
+    reference: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let (status, reason, reference) = match decision {
-        ProviderDecision::Approved { reference } => {
-            (PaymentStatus::Authorized, None, Some(reference.as_str()))
-        }
-        ProviderDecision::Declined { reason } => {
-            (PaymentStatus::Declined, Some(reason.as_str()), None)
-        }
-    };
     let updated = sqlx::query(
         "UPDATE payments
          SET status = $2, decline_reason = $3, provider_reference = $4, updated_at = now()
@@ -475,10 +486,10 @@ mod tests {
             ),
             (
                 AuthorizeRequest {
-                    amount_minor: 0,
+                    amount_minor: -1,
                     ..request()
                 },
-                "positive",
+                "negative",
             ),
             (
                 AuthorizeRequest {

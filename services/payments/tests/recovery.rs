@@ -176,3 +176,47 @@ async fn a_key_reused_for_another_order_is_refused_not_resumed() {
     drop(tx);
     db.drop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_free_order_authorizes_and_captures_zero_with_a_balanced_ledger() {
+    let db = database().await;
+    let pool = db.pool.clone();
+    let keys = Store::new(pool.clone(), IdempotencyConfig::default());
+    let provider = SimulatedProvider::new(50_000);
+    let order_id = Uuid::now_v7();
+    let request = AuthorizeRequest {
+        amount_minor: 0,
+        ..request(order_id)
+    };
+    assert_eq!(request.validate(), Ok(()), "a zero total is a valid amount");
+    let key = IdempotencyKey::parse(&request.idempotency_key).unwrap();
+    let Claim::Owned(mut lease) = keys
+        .claim("payments", &key, request.fingerprint())
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is owned");
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let answer = domain::authorize(&pool, &provider, &mut lease, &request, &mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(matches!(answer, Authorization::Authorized { .. }), "{answer:?}");
+    assert_eq!(
+        (provider.calls(), provider.holds()),
+        (0, 0),
+        "nothing to hold, so the provider is not asked"
+    );
+
+    let mut tx = pool.begin().await.unwrap();
+    let capture = domain::capture(&mut tx, order_id).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(capture.amount_minor, 0);
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(entries, 0, "a zero capture books nothing");
+    db.drop().await.unwrap();
+}
