@@ -152,10 +152,7 @@ impl Client {
         server: &str,
         url: &str,
     ) -> anyhow::Result<tonic::transport::Channel> {
-        let tls = ClientTls::load(
-            self.credentials.mtls(holder),
-            ServiceId::faultline(server)?,
-        )?;
+        let tls = ClientTls::load(self.credentials.mtls(holder), ServiceId::faultline(server)?)?;
         let endpoint = tls.channel(url, |e| e.connect_timeout(Duration::from_secs(5)))?;
         // The channel connects lazily; one cheap call proves the handshake now.
         let mut health = tonic_health::pb::health_client::HealthClient::new(endpoint.clone());

@@ -449,17 +449,18 @@ async fn grpc_admits_only_known_certificates_and_the_right_identities() {
     // The operator reads; only checkout places holds. A well-formed request with the
     // operator's certificate is refused before payments looks at it.
     let operator = credentials.operator_tls("payments").unwrap();
-    let answer = PaymentsServiceClient::new(operator.channel(&system.payments_url, timeout).unwrap())
-        .authorize(payments::AuthorizeRequest {
-            idempotency_key: "operator-k-1".into(),
-            order_id: uuid::Uuid::now_v7().to_string(),
-            amount: Some(faultline_proto::common::v1::Money {
-                amount_minor: 1_000,
-                currency: "EUR".into(),
-            }),
-            customer_id: "alice".into(),
-        })
-        .await;
+    let answer =
+        PaymentsServiceClient::new(operator.channel(&system.payments_url, timeout).unwrap())
+            .authorize(payments::AuthorizeRequest {
+                idempotency_key: "operator-k-1".into(),
+                order_id: uuid::Uuid::now_v7().to_string(),
+                amount: Some(faultline_proto::common::v1::Money {
+                    amount_minor: 1_000,
+                    currency: "EUR".into(),
+                }),
+                customer_id: "alice".into(),
+            })
+            .await;
     let status = answer.expect_err("the operator got an authorization");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     // Checkout may read, not write, the catalog.

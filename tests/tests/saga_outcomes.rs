@@ -141,7 +141,10 @@ async fn a_free_order_is_confirmed_and_captures_nothing() -> anyhow::Result<()> 
     }];
     system.client.load_catalog(&free).await?;
 
-    let id = system.client.place_order("alice", &[("STICKER-00", 2)]).await?;
+    let id = system
+        .client
+        .place_order("alice", &[("STICKER-00", 2)])
+        .await?;
     let order = system
         .client
         .wait_for_outcome(id, Duration::from_secs(60))

@@ -180,7 +180,8 @@ impl<P: PaymentProvider> Handler for CommandHandler<P> {
             Command::Authorize(request) => match self.authorize(tx, &request).await? {
                 // A captured payment was authorized: the answer to the question asked. The
                 // saga only gets here for an order it already confirmed, and ignores it.
-                Authorization::Authorized { payment_id } | Authorization::Captured { payment_id } => {
+                Authorization::Authorized { payment_id }
+                | Authorization::Captured { payment_id } => {
                     let event = pb::PaymentAuthorized {
                         order_id: order,
                         payment_id: payment_id.to_string(),

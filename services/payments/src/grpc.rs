@@ -44,9 +44,11 @@ pub fn authorize_response(authorization: &Authorization) -> pb::AuthorizeRespons
         Authorization::Authorized { payment_id } => {
             (payment_id, pb::AuthorizationStatus::Authorized, "")
         }
-        Authorization::Declined { payment_id, reason } => {
-            (payment_id, pb::AuthorizationStatus::Declined, reason.as_str())
-        }
+        Authorization::Declined { payment_id, reason } => (
+            payment_id,
+            pb::AuthorizationStatus::Declined,
+            reason.as_str(),
+        ),
         Authorization::Captured { payment_id } => {
             (payment_id, pb::AuthorizationStatus::Captured, "")
         }

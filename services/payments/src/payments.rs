@@ -343,7 +343,15 @@ pub async fn record(
             (payment_id, PaymentStatus::Authorized, None, None)
         }
     };
-    if !record_decision(finish, payment_id, status, reason.as_deref(), reference.as_deref()).await? {
+    if !record_decision(
+        finish,
+        payment_id,
+        status,
+        reason.as_deref(),
+        reference.as_deref(),
+    )
+    .await?
+    {
         // Decided meanwhile: the order was cancelled and its void won over this pending
         // authorization. Whatever the provider said, the truth is the row's.
         return by_id(finish, payment_id).await?.answer();
@@ -550,7 +558,9 @@ mod tests {
             Authorization::Voided { payment_id }
         );
         assert_eq!(
-            stored(PaymentStatus::Authorized).replay(&request()).unwrap(),
+            stored(PaymentStatus::Authorized)
+                .replay(&request())
+                .unwrap(),
             Authorization::Authorized { payment_id }
         );
         assert!(matches!(

@@ -63,11 +63,12 @@ async fn a_crash_after_the_provider_call_resumes_without_a_second_hold() {
     drop(tx);
     drop(lease);
 
-    let status: String = sqlx::query_scalar("SELECT status::text FROM payments WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status::text FROM payments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(status, "pending", "only the first phase committed");
 
     // The retry waits out the lease, takes the key over at the recovery point and finishes.
@@ -202,7 +203,10 @@ async fn a_free_order_authorizes_and_captures_zero_with_a_balanced_ledger() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert!(matches!(answer, Authorization::Authorized { .. }), "{answer:?}");
+    assert!(
+        matches!(answer, Authorization::Authorized { .. }),
+        "{answer:?}"
+    );
     assert_eq!(
         (provider.calls(), provider.holds()),
         (0, 0),

@@ -59,9 +59,9 @@ async fn authorize(
     let answer = domain::authorize(pool, provider, &mut lease, request, &mut tx).await;
     match &answer {
         Ok(authorization) => {
-            let stored = faultline_idempotency::grpc::stored(
-                &payments::grpc::authorize_response(authorization),
-            );
+            let stored = faultline_idempotency::grpc::stored(&payments::grpc::authorize_response(
+                authorization,
+            ));
             lease.complete(&mut tx, &stored).await.unwrap();
             tx.commit().await.unwrap();
         }
@@ -89,11 +89,13 @@ async fn authorized_rows(pool: &PgPool, order_id: Uuid) -> i64 {
 
 /// Lets the key be claimed afresh, as the reaper does once it expired.
 async fn expire_key(pool: &PgPool, key: &str) {
-    sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = $1")
-        .bind(key)
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = $1",
+    )
+    .bind(key)
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -111,7 +113,10 @@ async fn a_void_before_any_payment_refuses_the_late_authorization() {
         !matches!(answer, Ok(Authorization::Authorized { .. })),
         "an authorization after the void held funds: {answer:?}"
     );
-    assert!(matches!(answer, Ok(Authorization::Voided { .. })), "{answer:?}");
+    assert!(
+        matches!(answer, Ok(Authorization::Voided { .. })),
+        "{answer:?}"
+    );
     assert_eq!(authorized_rows(&db.pool, order_id).await, 0);
     assert_eq!(provider.holds(), 0, "the provider was asked to hold funds");
     // Voiding again changes nothing.
@@ -155,7 +160,10 @@ async fn a_void_of_a_pending_payment_wins_over_its_resumption() {
         !matches!(answer, Ok(Authorization::Authorized { .. })),
         "the resumed authorization held funds on a voided order: {answer:?}"
     );
-    assert!(matches!(answer, Ok(Authorization::Voided { .. })), "{answer:?}");
+    assert!(
+        matches!(answer, Ok(Authorization::Voided { .. })),
+        "{answer:?}"
+    );
     assert_eq!(authorized_rows(&pool, order_id).await, 0);
     db.drop().await.unwrap();
 }
@@ -195,7 +203,10 @@ async fn a_redriven_authorization_of_a_voided_payment_is_not_authorized() {
         ..request.clone()
     };
     let answer = authorize(&keys, &provider, &other_key).await;
-    assert!(matches!(answer, Ok(Authorization::Voided { .. })), "{answer:?}");
+    assert!(
+        matches!(answer, Ok(Authorization::Voided { .. })),
+        "{answer:?}"
+    );
     assert_eq!(authorized_rows(&pool, order_id).await, 0);
     db.drop().await.unwrap();
 }
