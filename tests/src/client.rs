@@ -11,6 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use faultline_auth::{ClientTls, ServiceId};
+
 use crate::credentials::{Caller, Credentials};
 
 /// A product to load into the catalog.
@@ -138,7 +140,19 @@ impl Client {
         server: &str,
         url: &str,
     ) -> anyhow::Result<tonic::transport::Channel> {
-        let tls = self.credentials.operator_tls(server)?;
+        self.grpc_channel_as(crate::credentials::OPERATOR, server, url)
+            .await
+    }
+
+    /// A connected mutual-TLS channel to `server` at `url`, with the certificate of `holder`
+    /// (a service or the operator): for calls only that identity may make.
+    pub async fn grpc_channel_as(
+        &self,
+        holder: &str,
+        server: &str,
+        url: &str,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        let tls = ClientTls::load(self.credentials.mtls(holder), ServiceId::faultline(server)?)?;
         let endpoint = tls.channel(url, |e| e.connect_timeout(Duration::from_secs(5)))?;
         // The channel connects lazily; one cheap call proves the handshake now.
         let mut health = tonic_health::pb::health_client::HealthClient::new(endpoint.clone());

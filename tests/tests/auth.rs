@@ -426,7 +426,7 @@ async fn grpc_admits_only_known_certificates_and_the_right_identities() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    // ...and at payments, where only checkout (and the operator) may authorize.
+    // ...and at payments, where only checkout may authorize.
     let inventory_cert = ClientTls::load(
         credentials.mtls("inventory"),
         ServiceId::faultline("payments").unwrap(),
@@ -445,6 +445,23 @@ async fn grpc_admits_only_known_certificates_and_the_right_identities() {
     })
     .await
     .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // The operator reads; only checkout places holds. A well-formed request with the
+    // operator's certificate is refused before payments looks at it.
+    let operator = credentials.operator_tls("payments").unwrap();
+    let answer =
+        PaymentsServiceClient::new(operator.channel(&system.payments_url, timeout).unwrap())
+            .authorize(payments::AuthorizeRequest {
+                idempotency_key: "operator-k-1".into(),
+                order_id: uuid::Uuid::now_v7().to_string(),
+                amount: Some(faultline_proto::common::v1::Money {
+                    amount_minor: 1_000,
+                    currency: "EUR".into(),
+                }),
+                customer_id: "alice".into(),
+            })
+            .await;
+    let status = answer.expect_err("the operator got an authorization");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     // Checkout may read, not write, the catalog.
     let status = InventoryServiceClient::new(checkout.channel(&inventory_url, timeout).unwrap())

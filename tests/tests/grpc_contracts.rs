@@ -25,10 +25,11 @@ fn authorize(key: &str, order_id: Uuid, amount_minor: i64) -> payments::Authoriz
 #[tokio::test(flavor = "multi_thread")]
 async fn authorize_is_idempotent_per_key_and_refuses_misuse() -> anyhow::Result<()> {
     let system = System::start(Options::default()).await?;
+    // Only checkout may authorize.
     let client = PaymentsServiceClient::new(
         system
             .client
-            .grpc_channel("payments", &system.payments_url)
+            .grpc_channel_as("checkout", "payments", &system.payments_url)
             .await?,
     );
     let order = Uuid::now_v7();
@@ -93,7 +94,7 @@ async fn authorize_is_idempotent_per_key_and_refuses_misuse() -> anyhow::Result<
     let bad_requests = [
         authorize("", Uuid::now_v7(), 1_000),
         authorize("key with spaces", Uuid::now_v7(), 1_000),
-        authorize("key-4", Uuid::now_v7(), 0),
+        authorize("key-4", Uuid::now_v7(), -1),
         payments::AuthorizeRequest {
             order_id: "not-a-uuid".into(),
             ..authorize("key-5", Uuid::now_v7(), 1_000)

@@ -124,3 +124,37 @@ async fn a_burst_of_concurrent_orders_never_oversells() -> anyhow::Result<()> {
     system.check_invariants(&loaded()).await?;
     system.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_free_order_is_confirmed_and_captures_nothing() -> anyhow::Result<()> {
+    // Short steps, so that an order payments refuses times out quickly instead of passing.
+    let system = System::start(Options {
+        saga_step_timeout: Duration::from_secs(5),
+        ..Options::default()
+    })
+    .await?;
+    let free = [ProductSpec {
+        sku: "STICKER-00",
+        name: "Sticker",
+        price_cents: 0,
+        stock: 5,
+    }];
+    system.client.load_catalog(&free).await?;
+
+    let id = system
+        .client
+        .place_order("alice", &[("STICKER-00", 2)])
+        .await?;
+    let order = system
+        .client
+        .wait_for_outcome(id, Duration::from_secs(60))
+        .await?;
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+    assert_eq!(order["total"]["amount_minor"], 0);
+
+    system.wait_until_settled(Duration::from_secs(60)).await?;
+    system
+        .check_invariants(&BTreeMap::from([("STICKER-00".to_owned(), 5)]))
+        .await?;
+    system.teardown().await
+}

@@ -18,7 +18,7 @@ use crate::provider::{Faults, SimulatedProvider};
 struct ProviderView {
     faults: Faults,
     calls: u64,
-    holds: usize,
+    holds: u64,
 }
 
 fn view(provider: &SimulatedProvider) -> ProviderView {

@@ -114,11 +114,19 @@ fn authorization_from(response: &pb::AuthorizeResponse) -> Result<Authorization,
     let payment_id = Uuid::parse_str(&response.payment_id)
         .map_err(|_| HandlerError::Permanent("stored reply has no payment id".into()))?;
     Ok(match response.status() {
+        pb::AuthorizationStatus::Authorized => Authorization::Authorized { payment_id },
         pb::AuthorizationStatus::Declined => Authorization::Declined {
             payment_id,
             reason: response.decline_reason.clone(),
         },
-        _ => Authorization::Authorized { payment_id },
+        pb::AuthorizationStatus::Captured => Authorization::Captured { payment_id },
+        pb::AuthorizationStatus::Voided => Authorization::Voided { payment_id },
+        // Only this service writes these replies; an unknown status is not ours to guess.
+        pb::AuthorizationStatus::Unspecified => {
+            return Err(HandlerError::Permanent(
+                "stored reply has no authorization status".into(),
+            ));
+        }
     })
 }
 
@@ -170,7 +178,10 @@ impl<P: PaymentProvider> Handler for CommandHandler<P> {
 
         match Command::from_envelope(&envelope, order_id)? {
             Command::Authorize(request) => match self.authorize(tx, &request).await? {
-                Authorization::Authorized { payment_id } => {
+                // A captured payment was authorized: the answer to the question asked. The
+                // saga only gets here for an order it already confirmed, and ignores it.
+                Authorization::Authorized { payment_id }
+                | Authorization::Captured { payment_id } => {
                     let event = pb::PaymentAuthorized {
                         order_id: order,
                         payment_id: payment_id.to_string(),
@@ -182,6 +193,15 @@ impl<P: PaymentProvider> Handler for CommandHandler<P> {
                     let event = pb::PaymentDeclined {
                         order_id: order,
                         reason,
+                    };
+                    reply.send(tx, &event).await?;
+                }
+                // Nothing is held, so the only true answer the contract has is a refusal.
+                Authorization::Voided { .. } => {
+                    tracing::info!(%order_id, "authorization refused: the order's payment is voided");
+                    let event = pb::PaymentDeclined {
+                        order_id: order,
+                        reason: format!("the payment of order {order_id} was voided"),
                     };
                     reply.send(tx, &event).await?;
                 }

@@ -40,17 +40,24 @@ impl<P> PaymentsGrpc<P> {
 
 /// The reply to an authorization, as gRPC sends it and as the key stores it for replay.
 pub fn authorize_response(authorization: &Authorization) -> pb::AuthorizeResponse {
-    match authorization {
-        Authorization::Authorized { payment_id } => pb::AuthorizeResponse {
-            payment_id: payment_id.to_string(),
-            status: pb::AuthorizationStatus::Authorized.into(),
-            decline_reason: String::new(),
-        },
-        Authorization::Declined { payment_id, reason } => pb::AuthorizeResponse {
-            payment_id: payment_id.to_string(),
-            status: pb::AuthorizationStatus::Declined.into(),
-            decline_reason: reason.clone(),
-        },
+    let (payment_id, status, decline_reason) = match authorization {
+        Authorization::Authorized { payment_id } => {
+            (payment_id, pb::AuthorizationStatus::Authorized, "")
+        }
+        Authorization::Declined { payment_id, reason } => (
+            payment_id,
+            pb::AuthorizationStatus::Declined,
+            reason.as_str(),
+        ),
+        Authorization::Captured { payment_id } => {
+            (payment_id, pb::AuthorizationStatus::Captured, "")
+        }
+        Authorization::Voided { payment_id } => (payment_id, pb::AuthorizationStatus::Voided, ""),
+    };
+    pb::AuthorizeResponse {
+        payment_id: payment_id.to_string(),
+        status: status.into(),
+        decline_reason: decline_reason.to_owned(),
     }
 }
 

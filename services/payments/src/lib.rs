@@ -13,6 +13,8 @@ mod config;
 pub mod grpc;
 pub mod payments;
 pub mod provider;
+mod settle;
+mod stored;
 
 pub use config::{Config, PREFIX, ProviderSettings};
 
@@ -98,10 +100,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let (incoming, tls_reload) =
         listen_mtls(config.grpc_listen, &config.mtls, life.background()).await?;
+    // Only checkout places holds, for the orders it takes; the operator reads, and a hold it
+    // placed would belong to no order and never be voided or captured.
     let callers = AllowedCallers::new()
         .method(
             "/faultline.payments.v1.PaymentsService/Authorize",
-            [service_id("checkout")?, service_id("operator")?],
+            [service_id("checkout")?],
         )
         .service_for_any_caller("grpc.health.v1.Health");
     let (reporter, health_service) = tonic_health::server::health_reporter();

@@ -6,11 +6,14 @@
 
 use faultline_idempotency::{Fingerprint, IdempotencyKey, Lease, LeaseError, STARTED};
 use faultline_proto::contract::validate_currency;
-use sqlx::{FromRow, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::provider::{PaymentProvider, ProviderDecision, ProviderError, ProviderRequest};
+pub use crate::settle::{capture, void};
+pub use crate::stored::PaymentStatus;
+use crate::stored::{Lock, Payment, by_id, by_key, by_order};
 
 /// A request to hold funds for an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +24,7 @@ pub struct AuthorizeRequest {
     pub order_id: Uuid,
     /// Who pays.
     pub customer_id: String,
-    /// Minor units, positive.
+    /// Minor units, zero or more: a free order authorizes 0, which holds nothing.
     pub amount_minor: i64,
     /// ISO 4217 code.
     pub currency: String,
@@ -44,14 +47,16 @@ impl AuthorizeRequest {
         if self.customer_id.trim().is_empty() {
             return Err("customer_id must not be empty".into());
         }
-        if self.amount_minor <= 0 {
-            return Err("amount must be positive".into());
+        if self.amount_minor < 0 {
+            return Err("amount must not be negative".into());
         }
         validate_currency(&self.currency)
     }
 }
 
-/// The answer to an authorization, the same every time it is asked with one key.
+/// The answer to an authorization: what became of the payment the key made. A repeated key
+/// gets the payment's state now, not the first answer when that has changed since, so a
+/// voided payment is never reported as holding funds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorization {
     /// Funds are held.
@@ -65,6 +70,16 @@ pub enum Authorization {
         payment_id: Uuid,
         /// The provider's reason.
         reason: String,
+    },
+    /// Authorized, and captured since: the funds were moved, nothing is held any more.
+    Captured {
+        /// The payment.
+        payment_id: Uuid,
+    },
+    /// Voided: nothing is held, and nothing will be for this order.
+    Voided {
+        /// The payment.
+        payment_id: Uuid,
     },
 }
 
@@ -89,12 +104,12 @@ pub enum PaymentError {
     #[error("order {0} already has a payment")]
     OrderAlreadyPaid(Uuid),
     /// Only an authorized payment can be captured.
-    #[error("payment of order {order_id} cannot be captured: it is {status}")]
+    #[error("payment of order {order_id} cannot be captured: it is {}", .status.map_or("missing", PaymentStatus::as_str))]
     NotCapturable {
         /// The order.
         order_id: Uuid,
-        /// Its payment's status.
-        status: String,
+        /// Its payment's status; `None` when it has none.
+        status: Option<PaymentStatus>,
     },
     /// Captured money is refunded, not voided.
     #[error("payment of order {0} is captured and cannot be voided")]
@@ -116,17 +131,6 @@ pub enum PaymentError {
     Database(#[from] sqlx::Error),
 }
 
-#[derive(Debug, FromRow)]
-struct Payment {
-    id: Uuid,
-    order_id: Uuid,
-    customer_id: String,
-    amount_minor: i64,
-    currency: String,
-    status: String,
-    decline_reason: Option<String>,
-}
-
 impl From<LeaseError> for PaymentError {
     fn from(error: LeaseError) -> Self {
         match error {
@@ -139,47 +143,38 @@ impl From<LeaseError> for PaymentError {
 impl Payment {
     /// The stored answer for a repeated request, if it is the same request.
     fn replay(self, request: &AuthorizeRequest) -> Result<Authorization, PaymentError> {
+        self.made_by(request)?;
+        self.answer()
+    }
+
+    /// Refuses a request with this payment's key but other terms (another order, say): a
+    /// key reused, whose answer (or pending payment) belongs to someone else.
+    fn made_by(&self, request: &AuthorizeRequest) -> Result<(), PaymentError> {
         let same = self.order_id == request.order_id
             && self.customer_id == request.customer_id
             && self.amount_minor == request.amount_minor
             && self.currency == request.currency;
-        if !same {
-            return Err(PaymentError::KeyReused(request.idempotency_key.clone()));
-        }
-        match (self.status.as_str(), self.decline_reason) {
-            ("pending", _) => Err(PaymentError::InProgress(self.order_id)),
-            ("declined", reason) => Ok(Authorization::Declined {
-                payment_id: self.id,
-                reason: reason.unwrap_or_default(),
-            }),
-            _ => Ok(Authorization::Authorized {
-                payment_id: self.id,
-            }),
+        if same {
+            Ok(())
+        } else {
+            Err(PaymentError::KeyReused(request.idempotency_key.clone()))
         }
     }
-}
 
-async fn by_key(conn: &mut PgConnection, key: &str) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
-         FROM payments WHERE idempotency_key = $1",
-    )
-    .bind(key)
-    .fetch_optional(conn)
-    .await
-}
-
-async fn by_order_for_update(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
-         FROM payments WHERE order_id = $1 FOR UPDATE",
-    )
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await
+    /// What the payment is now, as an answer to its authorization.
+    fn answer(self) -> Result<Authorization, PaymentError> {
+        let payment_id = self.id;
+        match self.status {
+            PaymentStatus::Pending => Err(PaymentError::InProgress(self.order_id)),
+            PaymentStatus::Authorized => Ok(Authorization::Authorized { payment_id }),
+            PaymentStatus::Declined => Ok(Authorization::Declined {
+                payment_id,
+                reason: self.decline_reason.unwrap_or_default(),
+            }),
+            PaymentStatus::Captured => Ok(Authorization::Captured { payment_id }),
+            PaymentStatus::Voided => Ok(Authorization::Voided { payment_id }),
+        }
+    }
 }
 
 /// Recovery point once the pending payment row is committed.
@@ -240,6 +235,12 @@ pub enum Decided {
         /// What the provider said.
         decision: ProviderDecision,
     },
+    /// An amount of 0: authorized without asking the provider, since there is nothing to
+    /// hold (and a provider may refuse a zero hold, which would cancel a free order).
+    NothingToHold {
+        /// The pending payment it decides.
+        payment_id: Uuid,
+    },
 }
 
 /// Steps 1 and 2 of [`authorize`], on connections of their own from `pool`.
@@ -256,8 +257,7 @@ pub async fn decide<P: PaymentProvider>(
             let pending = create_pending(&mut tx, request).await?;
             let payment_id = match pending {
                 Pending::Created(id) => id,
-                // Decided under this key before the key itself was forgotten (expired).
-                Pending::Decided(existing) => return existing.replay(request).map(Decided::Replay),
+                Pending::Answered(answer) => return Ok(Decided::Replay(answer)),
             };
             lease.checkpoint(&mut tx, PAYMENT_CREATED).await?;
             tx.commit().await?;
@@ -272,9 +272,10 @@ pub async fn decide<P: PaymentProvider>(
                         request.idempotency_key
                     ))
                 })?;
-            if existing.status != "pending" {
+            if existing.status != PaymentStatus::Pending {
                 return existing.replay(request).map(Decided::Replay);
             }
+            existing.made_by(request)?;
             existing.id
         }
         other => {
@@ -284,6 +285,10 @@ pub async fn decide<P: PaymentProvider>(
             )));
         }
     };
+
+    if request.amount_minor == 0 {
+        return Ok(Decided::NothingToHold { payment_id });
+    }
 
     // The provider is an external dependency: a client span, as for any remote call.
     let psp = tracing::info_span!(
@@ -324,23 +329,45 @@ pub async fn record(
     finish: &mut PgConnection,
     decided: Decided,
 ) -> Result<Authorization, PaymentError> {
-    let (payment_id, decision) = match decided {
+    let (payment_id, status, reason, reference) = match decided {
         Decided::Replay(authorization) => return Ok(authorization),
         Decided::Fresh {
             payment_id,
-            decision,
-        } => (payment_id, decision),
+            decision: ProviderDecision::Approved { reference },
+        } => (payment_id, PaymentStatus::Authorized, None, Some(reference)),
+        Decided::Fresh {
+            payment_id,
+            decision: ProviderDecision::Declined { reason },
+        } => (payment_id, PaymentStatus::Declined, Some(reason), None),
+        Decided::NothingToHold { payment_id } => {
+            (payment_id, PaymentStatus::Authorized, None, None)
+        }
     };
-    record_decision(finish, payment_id, &decision).await?;
-    Ok(match decision {
-        ProviderDecision::Approved { .. } => Authorization::Authorized { payment_id },
-        ProviderDecision::Declined { reason } => Authorization::Declined { payment_id, reason },
+    if !record_decision(
+        finish,
+        payment_id,
+        status,
+        reason.as_deref(),
+        reference.as_deref(),
+    )
+    .await?
+    {
+        // Decided meanwhile: the order was cancelled and its void won over this pending
+        // authorization. Whatever the provider said, the truth is the row's.
+        return by_id(finish, payment_id).await?.answer();
+    }
+    Ok(match reason {
+        Some(reason) => Authorization::Declined { payment_id, reason },
+        None => Authorization::Authorized { payment_id },
     })
 }
 
+/// What step 1 found.
 enum Pending {
+    /// A pending payment to ask the provider about.
     Created(Uuid),
-    Decided(Payment),
+    /// Nothing to ask: the answer is already known.
+    Answered(Authorization),
 }
 
 async fn create_pending(
@@ -367,22 +394,37 @@ async fn create_pending(
         return Ok(Pending::Created(payment_id));
     }
     match by_key(conn, &request.idempotency_key).await? {
-        Some(existing) if existing.status == "pending" => Ok(Pending::Created(existing.id)),
-        Some(existing) => Ok(Pending::Decided(existing)),
-        None => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
+        // A pending payment under this key is resumed only if this request made it: the
+        // key's row may have expired and the key come back for another order.
+        Some(existing) if existing.status == PaymentStatus::Pending => {
+            existing.made_by(request)?;
+            Ok(Pending::Created(existing.id))
+        }
+        // Decided under this key before the key itself was forgotten (expired).
+        Some(existing) => existing.replay(request).map(Pending::Answered),
+        // The order has a payment under another key, or was voided (a payment or a
+        // tombstone): a void is final, and this authorization is refused with its state.
+        None => match by_order(conn, request.order_id, Lock::None).await? {
+            Some(stored) => match stored.status() {
+                (payment_id, PaymentStatus::Voided) => {
+                    Ok(Pending::Answered(Authorization::Voided { payment_id }))
+                }
+                _ => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
+            },
+            None => Err(PaymentError::OrderAlreadyPaid(request.order_id)),
+        },
     }
 }
 
+/// Writes the decision on a payment still pending; `false` if it no longer was.
 async fn record_decision(
     conn: &mut PgConnection,
     payment_id: Uuid,
-    decision: &ProviderDecision,
-) -> Result<(), sqlx::Error> {
-    let (status, reason, reference) = match decision {
-        ProviderDecision::Approved { reference } => ("authorized", None, Some(reference.as_str())),
-        ProviderDecision::Declined { reason } => ("declined", Some(reason.as_str()), None),
-    };
-    sqlx::query(
+    status: PaymentStatus,
+    reason: Option<&str>,
+    reference: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
         "UPDATE payments
          SET status = $2, decline_reason = $3, provider_reference = $4, updated_at = now()
          WHERE id = $1 AND status = 'pending'",
@@ -392,73 +434,9 @@ async fn record_decision(
     .bind(reason)
     .bind(reference)
     .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Captures the order's authorized payment and books it in the ledger. Idempotent.
-#[tracing::instrument(name = "payment capture", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
-pub async fn capture(conn: &mut PgConnection, order_id: Uuid) -> Result<Capture, PaymentError> {
-    let Some(payment) = by_order_for_update(conn, order_id).await? else {
-        return Err(PaymentError::NotCapturable {
-            order_id,
-            status: "missing".into(),
-        });
-    };
-    let capture = Capture {
-        payment_id: payment.id,
-        amount_minor: payment.amount_minor,
-        currency: payment.currency.clone(),
-    };
-    match payment.status.as_str() {
-        "captured" => Ok(capture),
-        "pending" => Err(PaymentError::InProgress(order_id)),
-        "authorized" => {
-            sqlx::query(
-                "UPDATE payments SET status = 'captured', updated_at = now() WHERE id = $1",
-            )
-            .bind(payment.id)
-            .execute(&mut *conn)
-            .await?;
-            // The customer owes the amount; the merchant's revenue grows by it.
-            let customer_account = format!("customer:{}", payment.customer_id);
-            sqlx::query(
-                "INSERT INTO ledger_entries (payment_id, account, amount_minor, currency)
-                 VALUES ($1, $2, $3, $5), ($1, $4, -$3, $5)",
-            )
-            .bind(payment.id)
-            .bind(customer_account)
-            .bind(payment.amount_minor)
-            .bind("merchant:revenue")
-            .bind(&payment.currency)
-            .execute(&mut *conn)
-            .await?;
-            Ok(capture)
-        }
-        other => Err(PaymentError::NotCapturable {
-            order_id,
-            status: other.to_owned(),
-        }),
-    }
-}
-
-/// Releases the order's authorization. Idempotent; voiding an order without an authorized
-/// payment (never authorized, declined, already voided) changes nothing.
-#[tracing::instrument(name = "payment void", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
-pub async fn void(conn: &mut PgConnection, order_id: Uuid) -> Result<(), PaymentError> {
-    match by_order_for_update(conn, order_id).await? {
-        Some(payment) if payment.status == "authorized" => {
-            sqlx::query("UPDATE payments SET status = 'voided', updated_at = now() WHERE id = $1")
-                .bind(payment.id)
-                .execute(conn)
-                .await?;
-            Ok(())
-        }
-        Some(payment) if payment.status == "captured" => {
-            Err(PaymentError::AlreadyCaptured(order_id))
-        }
-        _ => Ok(()),
-    }
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
 }
 
 #[cfg(test)]
@@ -516,10 +494,10 @@ mod tests {
             ),
             (
                 AuthorizeRequest {
-                    amount_minor: 0,
+                    amount_minor: -1,
                     ..request()
                 },
-                "positive",
+                "negative",
             ),
             (
                 AuthorizeRequest {
@@ -546,7 +524,7 @@ mod tests {
             customer_id: "c-1".into(),
             amount_minor: 100,
             currency: "EUR".into(),
-            status: "authorized".into(),
+            status: PaymentStatus::Authorized,
             decline_reason: None,
         };
         let different = AuthorizeRequest {
@@ -556,6 +534,38 @@ mod tests {
         assert!(matches!(
             stored.replay(&different),
             Err(PaymentError::KeyReused(_))
+        ));
+    }
+
+    #[test]
+    fn a_replay_tells_what_became_of_the_payment() {
+        let stored = |status| Payment {
+            id: Uuid::nil(),
+            order_id: Uuid::nil(),
+            customer_id: "c-1".into(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+            status,
+            decline_reason: None,
+        };
+        let payment_id = Uuid::nil();
+        assert_eq!(
+            stored(PaymentStatus::Captured).replay(&request()).unwrap(),
+            Authorization::Captured { payment_id }
+        );
+        assert_eq!(
+            stored(PaymentStatus::Voided).replay(&request()).unwrap(),
+            Authorization::Voided { payment_id }
+        );
+        assert_eq!(
+            stored(PaymentStatus::Authorized)
+                .replay(&request())
+                .unwrap(),
+            Authorization::Authorized { payment_id }
+        );
+        assert!(matches!(
+            stored(PaymentStatus::Pending).replay(&request()),
+            Err(PaymentError::InProgress(_))
         ));
     }
 }

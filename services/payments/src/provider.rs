@@ -70,6 +70,7 @@ pub struct SimulatedProvider {
     decline_above_minor: i64,
     decisions: Mutex<Decisions>,
     calls: AtomicU64,
+    holds_placed: AtomicU64,
     faults: Mutex<Faults>,
 }
 
@@ -140,14 +141,11 @@ impl SimulatedProvider {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Distinct holds placed (approved authorizations under distinct keys).
-    pub fn holds(&self) -> usize {
-        self.decisions.lock().map_or(0, |d| {
-            d.by_key
-                .values()
-                .filter(|d| matches!(d, ProviderDecision::Approved { .. }))
-                .count()
-        })
+    /// Holds placed: calls that approved afresh and so held funds. Counted where the hold is
+    /// made, not from the keys remembered, so a repeat that held again (the dedupe broken)
+    /// shows up here as a second hold instead of hiding behind its key.
+    pub fn holds(&self) -> u64 {
+        self.holds_placed.load(Ordering::Relaxed)
     }
 
     fn decide(&self, request: ProviderRequest<'_>) -> ProviderDecision {
@@ -198,6 +196,9 @@ impl PaymentProvider for SimulatedProvider {
                 Some(first) => first.clone(),
                 None => {
                     let decision = self.decide(request);
+                    if matches!(decision, ProviderDecision::Approved { .. }) {
+                        self.holds_placed.fetch_add(1, Ordering::Relaxed);
+                    }
                     let key = request.idempotency_key.to_owned();
                     decisions.by_key.insert(key.clone(), decision.clone());
                     decisions.order.push_back(key);

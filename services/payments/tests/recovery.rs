@@ -63,11 +63,12 @@ async fn a_crash_after_the_provider_call_resumes_without_a_second_hold() {
     drop(tx);
     drop(lease);
 
-    let status: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status::text FROM payments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(status, "pending", "only the first phase committed");
 
     // The retry waits out the lease, takes the key over at the recovery point and finishes.
@@ -101,7 +102,7 @@ async fn a_crash_after_the_provider_call_resumes_without_a_second_hold() {
     assert_eq!(first, second, "the same payment, resumed");
 
     let rows: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT id, status FROM payments WHERE order_id = $1")
+        sqlx::query_as("SELECT id, status::text FROM payments WHERE order_id = $1")
             .bind(order_id)
             .fetch_all(&pool)
             .await
@@ -122,5 +123,104 @@ async fn a_crash_after_the_provider_call_resumes_without_a_second_hold() {
         Claim::Completed(_)
     ));
 
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_order_is_refused_not_resumed() {
+    let db = database().await;
+    let pool = db.pool.clone();
+    let keys = Store::new(pool.clone(), IdempotencyConfig::default());
+    let provider = SimulatedProvider::new(50_000);
+    let first_order = request(Uuid::now_v7());
+    let key = IdempotencyKey::parse(&first_order.idempotency_key).unwrap();
+
+    // Order A's authorization commits its pending payment and dies before finishing.
+    let Claim::Owned(mut lease) = keys
+        .claim("payments", &key, first_order.fingerprint())
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is owned");
+    };
+    let mut tx = pool.begin().await.unwrap();
+    domain::authorize(&pool, &provider, &mut lease, &first_order, &mut tx)
+        .await
+        .unwrap();
+    drop(tx);
+    drop(lease);
+
+    // The key row is forgotten (expired and reaped); order B arrives with the same key.
+    sqlx::query("DELETE FROM idempotency_keys WHERE key = $1")
+        .bind(key.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let other_order = AuthorizeRequest {
+        order_id: Uuid::now_v7(),
+        ..first_order.clone()
+    };
+    let Claim::Owned(mut lease) = keys
+        .claim("payments", &key, other_order.fingerprint())
+        .await
+        .unwrap()
+    else {
+        panic!("the forgotten key is owned afresh");
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let answer = domain::authorize(&pool, &provider, &mut lease, &other_order, &mut tx).await;
+    assert!(
+        matches!(answer, Err(domain::PaymentError::KeyReused(_))),
+        "order B was given order A's payment: {answer:?}"
+    );
+    // An open transaction would keep the database from being dropped.
+    drop(tx);
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_free_order_authorizes_and_captures_zero_with_a_balanced_ledger() {
+    let db = database().await;
+    let pool = db.pool.clone();
+    let keys = Store::new(pool.clone(), IdempotencyConfig::default());
+    let provider = SimulatedProvider::new(50_000);
+    let order_id = Uuid::now_v7();
+    let request = AuthorizeRequest {
+        amount_minor: 0,
+        ..request(order_id)
+    };
+    assert_eq!(request.validate(), Ok(()), "a zero total is a valid amount");
+    let key = IdempotencyKey::parse(&request.idempotency_key).unwrap();
+    let Claim::Owned(mut lease) = keys
+        .claim("payments", &key, request.fingerprint())
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is owned");
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let answer = domain::authorize(&pool, &provider, &mut lease, &request, &mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        matches!(answer, Authorization::Authorized { .. }),
+        "{answer:?}"
+    );
+    assert_eq!(
+        (provider.calls(), provider.holds()),
+        (0, 0),
+        "nothing to hold, so the provider is not asked"
+    );
+
+    let mut tx = pool.begin().await.unwrap();
+    let capture = domain::capture(&mut tx, order_id).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(capture.amount_minor, 0);
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(entries, 0, "a zero capture books nothing");
     db.drop().await.unwrap();
 }
