@@ -205,7 +205,7 @@ async fn payments_rides_out_a_flaky_provider_without_holding_funds_twice() -> an
         )
         .await?;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = system
+    let (status, body) = system
         .admin_put(
             Service::Payments,
             "/provider",
@@ -213,6 +213,14 @@ async fn payments_rides_out_a_flaky_provider_without_holding_funds_twice() -> an
         )
         .await?;
     assert_eq!(status, 422, "out-of-range faults are refused");
+    let problem: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(problem["type"], "/problems/invalid-body", "{body}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("FAILURE_RATE")),
+        "the problem names the setting: {body}"
+    );
 
     let mut orders = Vec::new();
     for i in 0..10 {

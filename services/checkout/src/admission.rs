@@ -32,8 +32,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdmissionSettings {
-    /// Sagas not yet finished beyond which new orders are refused. Default 400: at the
-    /// local stack's capacity (docs/performance.md) that is well under a second of work.
+    /// Sagas not yet finished beyond which new orders are refused. Default 100: at the
+    /// local stack's measured capacity (about 27 orders/s, docs/performance.md) that is about
+    /// 4 s of work, far inside the 15 s step timeout; at 400 the queue alone came within a
+    /// second of it. Raise it with the capacity (capacity x the wait you accept).
     pub max_sagas_in_flight: u64,
     /// Refuse new orders while the oldest unpublished outbox row is older than this.
     /// Default 5 000 ms.
@@ -47,7 +49,7 @@ pub struct AdmissionSettings {
 impl Default for AdmissionSettings {
     fn default() -> Self {
         Self {
-            max_sagas_in_flight: 400,
+            max_sagas_in_flight: 100,
             max_outbox_age_ms: 5_000,
             sample_interval_ms: 200,
             retry_after_secs: 1,

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use faultline_problem::{Problem, ProblemType};
 use serde::Serialize;
 
 use crate::provider::{Faults, SimulatedProvider};
@@ -39,11 +39,11 @@ async fn change(
 ) -> Response {
     let faults = match body {
         Ok(Json(faults)) => faults,
-        Err(rejection) => return (rejection.status(), rejection.body_text()).into_response(),
+        Err(rejection) => return refused(&rejection).into_response(),
     };
     // The body's fields are the setting's; an empty path names them alone.
     if let Err(error) = faults.validate("") {
-        return (StatusCode::UNPROCESSABLE_ENTITY, error.to_string()).into_response();
+        return Problem::new(ProblemType::InvalidBody, error.to_string()).into_response();
     }
     provider.set_faults(faults);
     tracing::warn!(
@@ -52,6 +52,17 @@ async fn change(
         "payment provider faults changed"
     );
     Json(view(&provider)).into_response()
+}
+
+/// A body that is not the faults' JSON, as the same problem documents the public API uses.
+fn refused(rejection: &JsonRejection) -> Problem {
+    let kind = match rejection {
+        JsonRejection::JsonSyntaxError(_) => ProblemType::MalformedJson,
+        JsonRejection::JsonDataError(_) => ProblemType::InvalidBody,
+        JsonRejection::MissingJsonContentType(_) => ProblemType::UnsupportedMediaType,
+        _ => ProblemType::UnreadableBody,
+    };
+    Problem::new(kind, rejection.body_text())
 }
 
 /// `GET /provider` (faults, calls, holds) and `PUT /provider` (new faults).
