@@ -53,8 +53,21 @@ async fn a_full_pipeline_refuses_new_orders_before_writing_anything_and_finishes
                 .await?,
         );
     }
-    // Give the sampler time to count them.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until admission control has counted them (its gauge), not for a guessed time.
+    let counted = format!("checkout_sagas_in_flight {LIMIT}\n");
+    let started = Instant::now();
+    while !system
+        .admin(Service::Checkout, "/metrics")
+        .await?
+        .1
+        .contains(&counted)
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "admission control never counted {LIMIT} sagas in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let body = Client::order_body(&[("LAMP-01", 1)]).to_string();
     let key = "refused-while-full";
