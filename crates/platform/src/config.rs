@@ -61,6 +61,21 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long a caller waits for a pooled connection before failing.
     pub acquire_timeout_ms: u64,
+    /// The server cancels a statement that runs longer (`statement_timeout`): no request,
+    /// sweep or consumer step may hold a connection without bound.
+    pub statement_timeout_ms: u64,
+    /// The server gives up waiting for a row or table lock after this long (`lock_timeout`),
+    /// so a stuck lock holder costs its waiters an error they retry, not a hang.
+    pub lock_timeout_ms: u64,
+    /// The server ends a session that sits inside a transaction doing nothing for this long
+    /// (`idle_in_transaction_session_timeout`). This is what frees the row locks of a process
+    /// that froze or lost its network mid-transaction: its TCP connection may look alive for
+    /// hours, its silence does not.
+    pub idle_in_transaction_timeout_ms: u64,
+    /// The server drops a connection whose peer stops acknowledging for this long
+    /// (`tcp_user_timeout`, with keepalives probing an idle one at a third of it), instead of
+    /// the kernel's default of about two hours.
+    pub dead_peer_timeout_ms: u64,
 }
 
 impl DatabaseSettings {
@@ -71,7 +86,30 @@ impl DatabaseSettings {
             password: None,
             max_connections: 10,
             acquire_timeout_ms: 5_000,
+            statement_timeout_ms: 10_000,
+            lock_timeout_ms: 2_000,
+            idle_in_transaction_timeout_ms: 15_000,
+            dead_peer_timeout_ms: 20_000,
         }
+    }
+
+    /// The server-side session settings every connection of the pool starts with (see the
+    /// fields); sent in the startup packet, so no connection ever runs without them.
+    pub fn session_parameters(&self) -> Vec<(&'static str, String)> {
+        let keepalive_idle_s = (self.dead_peer_timeout_ms / 3_000).max(1);
+        let keepalive_interval_s = (self.dead_peer_timeout_ms / 9_000).max(1);
+        vec![
+            ("statement_timeout", self.statement_timeout_ms.to_string()),
+            ("lock_timeout", self.lock_timeout_ms.to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_timeout_ms.to_string(),
+            ),
+            ("tcp_user_timeout", self.dead_peer_timeout_ms.to_string()),
+            ("tcp_keepalives_idle", keepalive_idle_s.to_string()),
+            ("tcp_keepalives_interval", keepalive_interval_s.to_string()),
+            ("tcp_keepalives_count", "3".to_string()),
+        ]
     }
 
     /// Rejects settings that cannot work; `path` is the section's variable prefix
@@ -90,7 +128,22 @@ impl DatabaseSettings {
                 ),
             ));
         }
-        positive(path, "MAX_CONNECTIONS", u64::from(self.max_connections))
+        positive(path, "MAX_CONNECTIONS", u64::from(self.max_connections))?;
+        positive(path, "STATEMENT_TIMEOUT_MS", self.statement_timeout_ms)?;
+        positive(path, "LOCK_TIMEOUT_MS", self.lock_timeout_ms)?;
+        positive(
+            path,
+            "IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            self.idle_in_transaction_timeout_ms,
+        )?;
+        if self.dead_peer_timeout_ms < 3_000 {
+            return Err(SettingError::new(
+                path,
+                "DEAD_PEER_TIMEOUT_MS",
+                "must be at least 3000: keepalives probe in whole seconds",
+            ));
+        }
+        Ok(())
     }
 }
 

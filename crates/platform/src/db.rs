@@ -11,10 +11,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
 
-/// The connection options of `settings`: the URL, plus the password kept apart from it so
-/// that it never appears in a URL that might be logged.
+/// The connection options of `settings`: the URL, the server-side timeouts every session
+/// starts with ([`DatabaseSettings::session_parameters`]), plus the password kept apart from
+/// the URL so that it never appears in one that might be logged.
 pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
-    let options = PgConnectOptions::from_str(&settings.url)?;
+    let options = PgConnectOptions::from_str(&settings.url)?.options(settings.session_parameters());
     Ok(match &settings.password {
         Some(password) => options.password(password.expose()),
         None => options,
@@ -88,8 +89,15 @@ pub async fn open(
     migrations: &[&sqlx::migrate::Migrator],
 ) -> Result<PgPool, OpenError> {
     let pool = connect(settings).await?;
+    // Migrations run on a connection of their own without the request timeouts: a second
+    // instance starting at the same moment waits for the first one's migration lock, and a
+    // long index build is not a stuck request.
+    let unbounded =
+        connect_options(settings)?.options([("statement_timeout", "0"), ("lock_timeout", "0")]);
+    let mut connection = PgConnection::connect_with(&unbounded).await?;
     for migrator in migrations {
-        migrator.run(&pool).await?;
+        migrator.run(&mut connection).await?;
     }
+    connection.close().await?;
     Ok(pool)
 }

@@ -13,12 +13,18 @@ use tonic_health::server::HealthReporter;
 use crate::health::Health;
 
 /// Turns a database error into a status a client can act on: `UNAVAILABLE` (retry later)
-/// when the database cannot be reached ([`faultline_postgres::is_unreachable`]), `INTERNAL`
-/// otherwise. Details are logged, not sent.
+/// when the database cannot be reached ([`faultline_postgres::is_unreachable`]) or another
+/// session's lock outlasted `lock_timeout` ([`faultline_postgres::is_contention`]),
+/// `INTERNAL` otherwise. Details are logged, not sent.
 pub fn database_status(error: &sqlx::Error) -> Status {
     if faultline_postgres::is_unreachable(error) {
         tracing::warn!(%error, "database unavailable");
         Status::unavailable("the service's database is unavailable; retry later")
+    } else if faultline_postgres::is_contention(error) {
+        // Another session holds what this call needs (or was ended holding it); the same
+        // call succeeds shortly, so it is as retryable as an outage.
+        tracing::warn!(%error, "database contention");
+        Status::unavailable("the rows this call needs are locked; retry shortly")
     } else {
         tracing::error!(%error, "database error");
         Status::internal("internal error")

@@ -26,6 +26,20 @@ pub fn is_unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// True when the server refused the statement because of other sessions, not because of
+/// anything in it: a lock it waited for longer than `lock_timeout` (`55P03`), a deadlock
+/// victim (`40P01`), a serialization failure (`40001`). The same statement succeeds once the
+/// other session is done, or is ended by its `idle_in_transaction_session_timeout`; so a
+/// caller retries it (a consumer without counting an attempt, an edge with `503`).
+pub fn is_contention(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| matches!(code.as_ref(), "55P03" | "40P01" | "40001")),
+        _ => false,
+    }
+}
+
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
@@ -85,6 +99,22 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn a_lock_timeout_and_a_deadlock_are_contention_a_constraint_is_not() {
+        for code in ["55P03", "40P01", "40001"] {
+            let error = sqlx::Error::Database(Box::new(Sqlstate(code)));
+            assert!(is_contention(&error), "{code}");
+            assert!(!is_unreachable(&error), "{code}");
+        }
+        for code in ["23505", "57014", "08006"] {
+            assert!(
+                !is_contention(&sqlx::Error::Database(Box::new(Sqlstate(code)))),
+                "{code}"
+            );
+        }
+        assert!(!is_contention(&sqlx::Error::PoolTimedOut));
     }
 
     #[test]

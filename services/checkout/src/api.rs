@@ -435,6 +435,9 @@ impl From<sqlx::Error> for ApiError {
         if faultline_postgres::is_unreachable(&error) {
             tracing::warn!(%error, "database unavailable");
             Self::Unavailable("the order database is unavailable".into())
+        } else if faultline_postgres::is_contention(&error) {
+            tracing::warn!(%error, "database contention");
+            Self::Unavailable("the order is locked by another request; retry shortly".into())
         } else {
             tracing::error!(%error, "database error");
             Self::Internal

@@ -214,11 +214,15 @@ fn full_jitter(base: Duration, max: Duration, step: u32) -> Duration {
 }
 
 /// True when the handler could not reach what it needs (the database, or a dependency it
-/// said was unavailable), as opposed to refusing this particular record.
+/// said was unavailable) or waited out another session's lock, as opposed to refusing this
+/// particular record. Such failures are retried without counting an attempt: a record must
+/// not be parked because a frozen peer held its row until the server ended that peer.
 fn is_unavailable(error: &HandlerError) -> bool {
     match error {
         HandlerError::Unavailable(_) => true,
-        HandlerError::Database(error) => faultline_postgres::is_unreachable(error),
+        HandlerError::Database(error) => {
+            faultline_postgres::is_unreachable(error) || faultline_postgres::is_contention(error)
+        }
         _ => false,
     }
 }
