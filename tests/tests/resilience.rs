@@ -258,3 +258,64 @@ async fn payments_rides_out_a_flaky_provider_without_holding_funds_twice() -> an
     system.check_invariants(&loaded()).await?;
     system.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_stuck_past_the_request_deadline_answers_504_and_writes_nothing()
+-> anyhow::Result<()> {
+    let system = System::start(Options {
+        extra_env: checkout_env(&[
+            ("CHECKOUT_EDGE__REQUEST_DEADLINE_MS", "1000"),
+            // Longer than the deadline, so the deadline is what ends the wait below.
+            ("CHECKOUT_DATABASE__LOCK_TIMEOUT_MS", "8000"),
+        ]),
+        ..Options::default()
+    })
+    .await?;
+    system.client.load_catalog(&CATALOG).await?;
+    let checkout = system.database(Service::Checkout).await?;
+
+    // Someone holds the orders table (a migration, a stuck session): placing an order blocks
+    // inside its transaction.
+    let mut blocker = checkout.begin().await?;
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await?;
+    let key = uuid::Uuid::new_v4().to_string();
+    let body = Client::order_body(&[("LAMP-01", 1)]).to_string();
+    let started = Instant::now();
+    let answer = system
+        .client
+        .post_order(body.clone(), Some("application/json"), Some(&key))
+        .await?;
+    answer.assert_problem(StatusCode::GATEWAY_TIMEOUT, "timed-out");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at the deadline, not when the lock went away"
+    );
+    blocker.rollback().await?;
+
+    // The abandoned request's transaction rolled back: no order, no saga, no outbox row.
+    for table in ["orders", "order_sagas", "outbox"] {
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&checkout)
+                .await?;
+        assert_eq!(rows, 0, "{table} has rows from the abandoned request");
+    }
+    // And the key is free: the same request now goes through, once.
+    let retried = system.client.post_order_patiently(&body, &key).await?;
+    assert_eq!(retried.status, StatusCode::ACCEPTED, "{}", retried.body);
+    let id: uuid::Uuid = retried.body["order_id"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let order = system
+        .client
+        .wait_for_outcome(id, Duration::from_secs(60))
+        .await?;
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+
+    system.wait_until_settled(Duration::from_secs(60)).await?;
+    system.check_invariants(&loaded()).await?;
+    system.teardown().await
+}

@@ -2,14 +2,17 @@
 //! and a hard concurrency cap, plus the hook that turns rejections into responses.
 //!
 //! ```text
-//! recover(app's renderer) → rate limit (per key) → priority shed (adaptive) → load shed + concurrency limit (tower) → router
+//! recover(app's renderer) → rate limit (per key) → priority shed (adaptive) → load shed + concurrency limit (tower) → request deadline → router
 //! ```
 //!
 //! Rate limiting comes first because it is the cheapest refusal and is per tenant: one
 //! noisy tenant gets `429`s without touching the shared limits. Priority shedding then
 //! protects critical flows as the server saturates. tower's `LoadShed` over
 //! `ConcurrencyLimit` is the absolute ceiling (`max_concurrent`), refusing instead of
-//! queueing. Every refusal is an error; [`RecoverLayer`] hands it to a function the app
+//! queueing. Innermost, a request deadline ([`TimeoutLayer::total`]) bounds what a request may
+//! hold: past it the handler's future is dropped (an open transaction with it, which rolls
+//! back), the answer is `504`, and every call made under it inherits the remaining budget.
+//! Every refusal is an error; [`RecoverLayer`] hands it to a function the app
 //! supplies (which renders its own RFC 9457 problem document), so the stack's `Error` is
 //! `Infallible`, as axum requires. [`HttpRejection::from_error`](crate::HttpRejection)
 //! gives that function the status and `Retry-After` to use.
@@ -19,6 +22,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
@@ -28,6 +32,7 @@ use tower::{BoxError, Layer, Service};
 
 use crate::rate_limit::{RateLimitConfig, RateLimitService, RateLimiter};
 use crate::shed::{AdaptiveLimiter, Priority, PriorityShedService, ShedConfig};
+use crate::timeout::{TimeoutLayer, TimeoutService};
 use faultline_settings::{SettingError, join, positive};
 
 /// Settings for a server edge (`<SERVICE>_EDGE__*`, say).
@@ -40,6 +45,10 @@ pub struct EdgeConfig {
     pub shed: ShedConfig,
     /// Absolute cap on requests in flight (`..__MAX_CONCURRENT`). Default 1 024.
     pub max_concurrent: u32,
+    /// Longest a request may run before it is abandoned with `504`
+    /// (`..__REQUEST_DEADLINE_MS`). Default 5 000: above the downstream budgets a handler
+    /// spends (2 s per catalog call) and below the database's statement timeout.
+    pub request_deadline_ms: u64,
 }
 
 impl Default for EdgeConfig {
@@ -48,6 +57,7 @@ impl Default for EdgeConfig {
             rate_limit: RateLimitConfig::default(),
             shed: ShedConfig::default(),
             max_concurrent: 1_024,
+            request_deadline_ms: 5_000,
         }
     }
 }
@@ -58,6 +68,7 @@ impl EdgeConfig {
         self.rate_limit.validate(&join(path, "RATE_LIMIT"))?;
         self.shed.validate(&join(path, "SHED"))?;
         positive(path, "MAX_CONCURRENT", u64::from(self.max_concurrent))?;
+        positive(path, "REQUEST_DEADLINE_MS", self.request_deadline_ms)?;
         if self.max_concurrent < self.shed.max_limit {
             return Err(SettingError::new(
                 path,
@@ -79,6 +90,7 @@ pub struct EdgeStack<K: Hash + Eq + Clone, F, P> {
     key_of: F,
     priority_of: P,
     max_concurrent: usize,
+    deadline: TimeoutLayer,
 }
 
 impl<K: Hash + Eq + Clone, F: Clone, P: Clone> Clone for EdgeStack<K, F, P> {
@@ -89,6 +101,7 @@ impl<K: Hash + Eq + Clone, F: Clone, P: Clone> Clone for EdgeStack<K, F, P> {
             key_of: self.key_of.clone(),
             priority_of: self.priority_of.clone(),
             max_concurrent: self.max_concurrent,
+            deadline: self.deadline,
         }
     }
 }
@@ -116,6 +129,7 @@ impl<K: Hash + Eq + Clone, F, P> EdgeStack<K, F, P> {
             key_of,
             priority_of,
             max_concurrent: config.max_concurrent as usize,
+            deadline: TimeoutLayer::total(Duration::from_millis(config.request_deadline_ms)),
         }
     }
 
@@ -132,14 +146,15 @@ impl<K: Hash + Eq + Clone, F, P> EdgeStack<K, F, P> {
 
 /// The service an [`EdgeStack`] makes around `S`.
 pub type EdgeService<S, K, F, P> =
-    RateLimitService<PriorityShedService<LoadShed<ConcurrencyLimit<S>>, P>, K, F>;
+    RateLimitService<PriorityShedService<LoadShed<ConcurrencyLimit<TimeoutService<S>>>, P>, K, F>;
 
 impl<S, K: Hash + Eq + Clone, F: Clone, P: Clone> Layer<S> for EdgeStack<K, F, P> {
     type Service = EdgeService<S, K, F, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let bounded = self.deadline.layer(inner);
         let capped = LoadShedLayer::new()
-            .layer(ConcurrencyLimitLayer::new(self.max_concurrent).layer(inner));
+            .layer(ConcurrencyLimitLayer::new(self.max_concurrent).layer(bounded));
         let shed = self.limiter.layer(self.priority_of.clone()).layer(capped);
         self.rate_limiter.layer(self.key_of.clone()).layer(shed)
     }

@@ -107,3 +107,58 @@ async fn an_axum_router_answers_429_with_retry_after_from_the_edge() {
         StatusCode::ACCEPTED
     );
 }
+
+/// Counts how many handler futures were dropped before they finished.
+struct Abandoned(std::sync::Arc<std::sync::atomic::AtomicUsize>, bool);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_past_its_deadline_answers_504_and_its_handler_is_dropped() {
+    let config = EdgeConfig {
+        request_deadline_ms: 1_000,
+        ..EdgeConfig::default()
+    };
+    assert!(config.validate("CHECKOUT_EDGE").is_ok());
+    let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = abandoned.clone();
+    let app = Router::new()
+        .route(
+            "/v1/orders",
+            post(move || {
+                let counter = counter.clone();
+                async move {
+                    // Stands for a handler stuck behind a lock with its transaction open.
+                    let mut guard = Abandoned(counter, false);
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    guard.1 = true;
+                    StatusCode::ACCEPTED
+                }
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RecoverLayer::new(problem))
+                .layer(EdgeStack::new(&config, customer, priority)),
+        );
+
+    let started = tokio::time::Instant::now();
+    let answer = app.oneshot(order("alice")).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        answer.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(1));
+    assert_eq!(
+        abandoned.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the handler's future (and whatever it held) was dropped at the deadline"
+    );
+}

@@ -497,6 +497,7 @@ async fn the_edge_answers_429_and_503_with_retry_after() {
             ..ShedConfig::default()
         },
         max_concurrent: 4,
+        ..EdgeConfig::default()
     };
     let gate = Arc::new(tokio::sync::Notify::new());
     let router = {
