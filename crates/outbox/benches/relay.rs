@@ -2,8 +2,9 @@
 //! one run (these machines are noisy; only ratios measured together mean much):
 //!
 //! 1. throughput: the relay against a port of the seed article's naive worker (poll 100 rows,
-//!    produce one at a time, update each row) and against raw rdkafka producing the same
-//!    payloads with nothing in between;
+//!    produce one at a time, update each row), against raw rdkafka producing the same
+//!    payloads with nothing in between, and against itself with a row the broker refuses
+//!    at the head of the outbox (parked, and nothing else slowed down);
 //! 2. commit-to-consume latency, p50 and p99, with NOTIFY wake-up against polling alone.
 //!
 //! Run with `make bench-outbox` (or `cargo bench -p faultline-outbox --bench relay`).
@@ -110,6 +111,18 @@ async fn naive_worker(pool: &PgPool, producer: &FutureProducer, topic: &str) -> 
     }
 }
 
+/// The relay's defaults, with `FAULTLINE_BENCH_BATCH` as the batch size if set.
+fn relay_config() -> RelayConfig {
+    let mut config = RelayConfig::default();
+    if let Some(batch) = std::env::var("FAULTLINE_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.batch_size = batch;
+    }
+    config
+}
+
 async fn throughput(pool: &PgPool, n: usize) {
     println!(
         "throughput: {n} messages of {PAYLOAD_BYTES} bytes, 3 partitions, idempotent producer, acks=all"
@@ -158,20 +171,34 @@ async fn throughput(pool: &PgPool, n: usize) {
     // The relay.
     let topic = new_topic(3).await;
     fill_outbox(pool, &topic, n).await;
-    let mut config = RelayConfig::default();
-    if let Some(batch) = std::env::var("FAULTLINE_BENCH_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        config.batch_size = batch;
-    }
-    let batch_size = config.batch_size;
-    let mut relay = Relay::new(pool.clone(), producer(), config);
+    let batch_size = relay_config().batch_size;
+    let mut relay = Relay::new(pool.clone(), producer(), relay_config());
     let started = Instant::now();
     relay.rebalance().await.unwrap();
     relay.drain().await.unwrap();
     let relay_rate = n as f64 / started.elapsed().as_secs_f64();
     assert_eq!(backlog(pool).await.unwrap().pending, 0);
+    drop(relay);
+
+    // The relay again, with a row the broker refuses (larger than `message.max.bytes`) at
+    // the head of the outbox: it is parked in the first round and nothing else slows down.
+    let topic = new_topic(3).await;
+    let mut tx = pool.begin().await.unwrap();
+    let poison = OutboxMessage::new(&topic, "order", "poison", "Bench", vec![b'x'; 1_200_000]);
+    enqueue(&mut tx, &poison).await.unwrap();
+    tx.commit().await.unwrap();
+    fill_outbox(pool, &topic, n).await;
+    let mut relay = Relay::new(pool.clone(), producer(), relay_config());
+    let started = Instant::now();
+    relay.rebalance().await.unwrap();
+    relay.drain().await.unwrap();
+    let poisoned_rate = n as f64 / started.elapsed().as_secs_f64();
+    let after = backlog(pool).await.unwrap();
+    assert_eq!((after.pending, after.parked), (0, 1));
+    sqlx::query("DELETE FROM outbox WHERE parked_at IS NOT NULL")
+        .execute(pool)
+        .await
+        .unwrap();
     drop(relay);
 
     // The naive worker, on its own table shaped as in the seed.
@@ -217,7 +244,15 @@ async fn throughput(pool: &PgPool, n: usize) {
     );
     println!(
         "  {:<38} {:>10.0} msg/s",
+        "faultline relay, a poison row ahead", poisoned_rate
+    );
+    println!(
+        "  {:<38} {:>10.0} msg/s",
         "naive worker (seed port)", naive_rate
+    );
+    println!(
+        "  relay with a parked row / relay = {:.2}x (target: about 1x)",
+        poisoned_rate / relay_rate
     );
     println!(
         "  relay / naive = {:.1}x (target >= 10x); relay / raw = {:.2}x (target >= 0.5x; {:.2}x against records without headers)",

@@ -25,7 +25,11 @@ pub fn producer_config(brokers: &str, client_id: &str) -> ClientConfig {
         .set("acks", "all")
         // A short linger lets a batch of outbox rows share produce requests.
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
+        // Never time a message out. A timeout is the one way an idempotent producer leaves a
+        // gap in a partition (r1 expires in the queue while r2 behind it is delivered; the
+        // relay sends r1 again, after r2), so the relay bounds its wait itself and keeps the
+        // order (`relay::round`).
+        .set("message.timeout.ms", "0");
     config
 }
 

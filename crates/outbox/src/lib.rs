@@ -36,7 +36,7 @@ pub mod relay;
 pub mod trace;
 
 pub use message::{OutboxMessage, enqueue};
-pub use relay::{Backlog, Relay, RelayConfig, Retention, backlog};
+pub use relay::{Backlog, Relay, RelayConfig, Retention, RoundOutcome, backlog};
 
 use sqlx::PgPool;
 

@@ -4,6 +4,8 @@
 // Helpers panic on failure: in a test, that is the report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,143 +14,15 @@ use std::time::{Duration, Instant};
 use faultline_outbox::consumer::{
     self, ConsumerObserver, ConsumerSettings, Handler, HandlerError, Incoming,
 };
-use faultline_outbox::kafka::{TopicSpec, consumer_config, ensure_topics, producer_config};
-use faultline_outbox::{OutboxMessage, Relay, RelayConfig, Retention, backlog, enqueue};
-use faultline_testkit::{TestDatabase, kafka_brokers, unique};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
-use sqlx::{PgConnection, PgPool};
+use faultline_outbox::kafka::consumer_config;
+use faultline_outbox::{RelayConfig, Retention, backlog};
+use faultline_testkit::unique;
+use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
-fn brokers() -> String {
-    kafka_brokers()
-}
-
-/// A fresh database with the outbox tables.
-struct TestDb {
-    db: TestDatabase,
-    pool: PgPool,
-}
-
-impl TestDb {
-    async fn new() -> TestDb {
-        let db = TestDatabase::create("outbox").await.unwrap();
-        faultline_outbox::migrate(&db.pool).await.unwrap();
-        let pool = db.pool.clone();
-        TestDb { db, pool }
-    }
-
-    async fn drop_now(self) {
-        self.db.drop().await.unwrap();
-    }
-}
-
-async fn topic(partitions: i32) -> String {
-    let name = unique("t").replace('_', ".");
-    ensure_topics(
-        &brokers(),
-        &[TopicSpec {
-            name: name.clone(),
-            partitions,
-            replication_factor: 1,
-        }],
-    )
-    .await
-    .unwrap();
-    name
-}
-
-fn relay(pool: &PgPool, config: RelayConfig) -> Relay {
-    let producer: FutureProducer = producer_config(&brokers(), "relay-test").create().unwrap();
-    Relay::new(pool.clone(), producer, config)
-}
-
-fn fast_relays() -> RelayConfig {
-    RelayConfig {
-        batch_size: 50,
-        poll_interval: Duration::from_millis(20),
-        heartbeat_ttl: Duration::from_millis(600),
-        rebalance_interval: Duration::from_millis(100),
-        ..RelayConfig::default()
-    }
-}
-
-/// Writes message `seq` of aggregate `agg`, one transaction per message, as services do.
-async fn write(pool: &PgPool, topic: &str, agg: usize, seq: usize) {
-    let mut tx = pool.begin().await.unwrap();
-    let message = OutboxMessage::new(
-        topic,
-        "test",
-        format!("agg-{agg}"),
-        "Step",
-        format!("{agg}:{seq}").into_bytes(),
-    );
-    enqueue(&mut tx, &message).await.unwrap();
-    tx.commit().await.unwrap();
-}
-
-/// Reads `topic` from the start until `expected` distinct payloads arrived; returns the
-/// payloads in arrival order (duplicates included).
-async fn read_all(topic: &str, expected: usize) -> Vec<String> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut seen = Vec::new();
-    let mut distinct = std::collections::HashSet::new();
-    while distinct.len() < expected {
-        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .expect("messages stopped arriving")
-            .unwrap();
-        let payload = String::from_utf8(message.payload().unwrap().to_vec()).unwrap();
-        distinct.insert(payload.clone());
-        seen.push(payload);
-    }
-    seen
-}
-
-/// Asserts that, counting only first arrivals, each aggregate's messages came in order and
-/// none is missing.
-fn assert_in_order(arrivals: &[String], aggregates: usize, per_aggregate: usize) {
-    let mut next = vec![0usize; aggregates];
-    let mut first = std::collections::HashSet::new();
-    for payload in arrivals {
-        if !first.insert(payload.clone()) {
-            continue;
-        }
-        let (agg, seq) = payload.split_once(':').unwrap();
-        let (agg, seq): (usize, usize) = (agg.parse().unwrap(), seq.parse().unwrap());
-        assert_eq!(
-            seq, next[agg],
-            "aggregate {agg}: got {seq}, expected {}",
-            next[agg]
-        );
-        next[agg] += 1;
-    }
-    assert!(next.iter().all(|n| *n == per_aggregate), "{next:?}");
-}
-
-/// How many slots each database session holds, by pid.
-async fn slot_holders(pool: &PgPool) -> BTreeMap<i32, i64> {
-    sqlx::query_as::<_, (i32, i64)>(
-        "SELECT pid, count(*) FROM pg_locks
-         WHERE locktype = 'advisory' AND classid = $1::oid AND database =
-               (SELECT oid FROM pg_database WHERE datname = current_database())
-         GROUP BY pid",
-    )
-    .bind(0x0f0b_0001_i64)
-    .fetch_all(pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect()
-}
+use common::{
+    TestDb, assert_in_order, brokers, fast_relays, read_all, relay, slot_holders, topic, write,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_relays_share_the_slots_and_keep_each_aggregates_order() {

@@ -270,11 +270,12 @@ impl Messaging {
     }
 }
 
-/// `outbox_pending_rows` and `outbox_oldest_pending_age_seconds`.
+/// `outbox_pending_rows`, `outbox_oldest_pending_age_seconds` and `outbox_parked_rows`.
 #[derive(Debug, Clone, Default)]
 struct BacklogGauges {
     pending: Gauge,
     oldest: Gauge<f64, AtomicU64>,
+    parked: Gauge,
 }
 
 impl BacklogGauges {
@@ -291,6 +292,11 @@ impl BacklogGauges {
             Unit::Seconds,
             gauges.oldest.clone(),
         );
+        metrics.register(
+            "outbox_parked_rows",
+            "Outbox rows the broker refuses for good, waiting for an operator to re-drive them",
+            gauges.parked.clone(),
+        );
         gauges
     }
 }
@@ -301,6 +307,7 @@ async fn sample_backlog(pool: PgPool, gauges: BacklogGauges, stop: CancellationT
         match faultline_outbox::backlog(&pool).await {
             Ok(backlog) => {
                 gauges.pending.set(backlog.pending);
+                gauges.parked.set(backlog.parked);
                 gauges
                     .oldest
                     .set(backlog.oldest.map(|d| d.as_secs_f64()).unwrap_or(0.0));

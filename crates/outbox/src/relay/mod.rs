@@ -1,8 +1,9 @@
 //! The relay: moves committed outbox rows to Kafka.
 //!
-//! One round reads up to `batch_size` pending rows in write order, hands them all to the
-//! producer at once, waits for every acknowledgement, and deletes (or marks) the acknowledged
-//! rows with a single statement.
+//! One round ([`round`]) reads up to `batch_size` pending rows in write order, hands them
+//! all to the producer at once, waits for every acknowledgement, and deletes (or marks) the
+//! acknowledged rows with a single statement. A row the broker refuses for good is parked
+//! ([`parked`]) instead of blocking every round after it.
 //!
 //! # Several relays, no leader
 //!
@@ -13,11 +14,15 @@
 //! row of one aggregate and publish them out of order.
 //!
 //! Relays announce themselves in `outbox_relays` with a heartbeat. Each works out its fair
-//! share, `ceil(SLOTS / live relays)`, and between rounds takes free slots up to that share or
-//! gives back what exceeds it. A relay that dies loses its locks with its connection, and the
+//! share, `ceil(SLOTS / live relays)`, and takes free slots up to that share or gives back
+//! what exceeds it ([`slots`]). A relay that dies loses its locks with its session: at once
+//! when its connection closes, and within [`RelayConfig::lock_session_idle_timeout`] when it
+//! froze or was cut off without a word (the server ends a lock session that goes idle). The
 //! others take its slots once its heartbeat is older than [`RelayConfig::heartbeat_ttl`].
+//! Each round reads only from slots its session holds at that moment, so a relay that lost
+//! its session stops publishing with its next statement.
 //!
-//! If a relay's lock connection drops while a round is in flight, another relay may publish
+//! If a relay's lock session is lost while a round is in flight, another relay may publish
 //! the same rows again. That duplicates, but does not reorder: each relay sends one
 //! aggregate's rows in order, so the *first* copy of each row reaches the partition in order,
 //! and consumers drop later copies through their inbox.
@@ -27,20 +32,22 @@
 //! The relay wakes on `NOTIFY faultline_outbox` (sent by a trigger when an outbox insert
 //! commits) and also polls, so a lost notification costs latency, never a message.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, FromRow, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::trace;
+mod parked;
+mod round;
+mod slots;
+
+pub use parked::{ParkedRow, parked, redrive};
+pub use round::{RoundOutcome, is_permanent};
 
 /// Channel the outbox trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "faultline_outbox";
@@ -77,6 +84,13 @@ pub struct RelayConfig {
     pub heartbeat_ttl: Duration,
     /// How often the relay heartbeats and rebalances its slots.
     pub rebalance_interval: Duration,
+    /// The server ends the lock session after it was idle this long, freeing the slots of a
+    /// relay that froze or lost its network. Peers take those slots over within about this
+    /// plus `heartbeat_ttl`. Must exceed `delivery_patience` and the time between rounds.
+    pub lock_session_idle_timeout: Duration,
+    /// While a round waits for the broker, how often it checks (and so touches) its lock
+    /// session and logs that it is still waiting.
+    pub delivery_patience: Duration,
 }
 
 impl Default for RelayConfig {
@@ -89,6 +103,8 @@ impl Default for RelayConfig {
             retention: Retention::Delete,
             heartbeat_ttl: Duration::from_secs(5),
             rebalance_interval: Duration::from_secs(1),
+            lock_session_idle_timeout: Duration::from_secs(10),
+            delivery_patience: Duration::from_secs(2),
         }
     }
 }
@@ -99,6 +115,11 @@ pub enum RelayError {
     /// Reading or deleting outbox rows failed.
     #[error("outbox database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The session holding the slot locks failed (terminated, reset, ended by the server
+    /// while this process was frozen): its slots may be another relay's now, so this one
+    /// publishes nothing until it has locked slots again.
+    #[error("the slot lock session was lost: {0}")]
+    LockSessionLost(#[source] sqlx::Error),
     /// Some rows were not acknowledged by the broker.
     #[error("{failed} of {total} messages were not acknowledged: {first_error}")]
     Delivery {
@@ -114,17 +135,21 @@ pub enum RelayError {
 /// How far behind the relays are.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backlog {
-    /// Rows not yet published.
+    /// Rows not yet published (parked ones not included).
     pub pending: i64,
     /// Age of the oldest of them.
     pub oldest: Option<Duration>,
+    /// Rows the broker refused for good, waiting for an operator ([`parked`]).
+    pub parked: i64,
 }
 
-/// Rows waiting for a relay, and how old the oldest is; the numbers behind the backlog
-/// gauges an operator alerts on.
+/// Rows waiting for a relay, how old the oldest is, and how many are parked; the numbers
+/// behind the backlog gauges an operator alerts on.
 pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
-    let (pending, oldest_secs): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
+    let (pending, oldest_secs, parked): (i64, Option<f64>, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE parked_at IS NULL),
+                extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8,
+                count(*) FILTER (WHERE parked_at IS NOT NULL)
          FROM outbox WHERE published_at IS NULL",
     )
     .fetch_one(pool)
@@ -132,18 +157,8 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
     Ok(Backlog {
         pending,
         oldest: oldest_secs.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        parked,
     })
-}
-
-#[derive(Debug, FromRow)]
-struct Row {
-    id: Uuid,
-    aggregateid: String,
-    #[sqlx(rename = "type")]
-    message_type: String,
-    topic: String,
-    payload: Vec<u8>,
-    headers: sqlx::types::Json<BTreeMap<String, String>>,
 }
 
 /// Publishes outbox rows to Kafka. See the module docs.
@@ -204,7 +219,13 @@ impl Relay {
         };
 
         while !shutdown.is_cancelled() {
-            let wait = match self.tick().await {
+            // A round waits for the broker as long as it is away (see `round`); shutdown
+            // abandons it, and the rows it had sent stay pending for whoever comes next.
+            let ticked = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ticked = self.tick() => ticked,
+            };
+            let wait = match ticked {
                 Ok(()) => self
                     .config
                     .poll_interval
@@ -229,10 +250,7 @@ impl Relay {
     /// One pass of the loop: rebalance when due, publish until the owned slots are empty,
     /// purge when due.
     pub async fn tick(&mut self) -> Result<(), RelayError> {
-        let due = self
-            .last_rebalance
-            .is_none_or(|at| at.elapsed() >= self.config.rebalance_interval);
-        if due {
+        if self.rebalance_due() {
             self.rebalance().await?;
             self.last_rebalance = Some(Instant::now());
         }
@@ -252,220 +270,25 @@ impl Relay {
         Ok(())
     }
 
-    /// Heartbeats, then takes free slots up to this relay's fair share or gives back what
-    /// exceeds it.
-    pub async fn rebalance(&mut self) -> Result<(), sqlx::Error> {
-        let ttl_ms = i64::try_from(self.config.heartbeat_ttl.as_millis()).unwrap_or(i64::MAX);
-        sqlx::query(
-            "INSERT INTO outbox_relays (id, heartbeat_at) VALUES ($1, now())
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
-        )
-        .bind(self.id)
-        .execute(&self.pool)
-        .await?;
-        sqlx::query(
-            "DELETE FROM outbox_relays WHERE heartbeat_at < now() - 10 * $1 * interval '1 millisecond'",
-        )
-        .bind(ttl_ms)
-        .execute(&self.pool)
-        .await?;
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM outbox_relays
-             WHERE heartbeat_at >= now() - $1 * interval '1 millisecond'",
-        )
-        .bind(ttl_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        let live = i32::try_from(live.max(1)).unwrap_or(i32::MAX);
-        let share = usize::try_from((SLOTS + live - 1) / live).unwrap_or(1);
-
-        if self.locks.is_none() {
-            // A new session holds no locks; forget what the old one held.
-            self.owned.clear();
-            self.locks = Some(self.pool.acquire().await?.detach());
-        }
-        let result = self.adjust(share).await;
-        if result.is_err() {
-            // The lock session is unusable; its locks die with it.
-            self.locks = None;
-            self.owned.clear();
-        }
-        result
-    }
-
-    async fn adjust(&mut self, share: usize) -> Result<(), sqlx::Error> {
-        let Some(locks) = self.locks.as_mut() else {
-            return Ok(());
-        };
-        while self.owned.len() > share {
-            let Some(slot) = self.owned.pop_last() else {
-                break;
-            };
-            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-                .bind(LOCK_CLASS)
-                .bind(slot)
-                .execute(&mut *locks)
-                .await?;
-        }
-        if self.owned.len() < share {
-            // Start at a relay-specific slot so relays starting together do not all race for
-            // slot 0.
-            let start = (self.id.as_u128() % SLOTS as u128) as i32;
-            for i in 0..SLOTS {
-                if self.owned.len() >= share {
-                    break;
-                }
-                let slot = (start + i) % SLOTS;
-                if self.owned.contains(&slot) {
-                    continue;
-                }
-                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-                    .bind(LOCK_CLASS)
-                    .bind(slot)
-                    .fetch_one(&mut *locks)
-                    .await?;
-                if locked {
-                    self.owned.insert(slot);
-                }
+    /// Publishes rounds until the owned slots have no pending rows, rebalancing when due
+    /// on the way, so a long backlog neither keeps slots a newcomer should get nor publishes
+    /// from a lock session that was lost meanwhile.
+    pub async fn drain(&mut self) -> Result<(), RelayError> {
+        loop {
+            let outcome = self.relay_once().await?;
+            if outcome.read < self.config.batch_size as usize {
+                return Ok(());
             }
-        }
-        Ok(())
-    }
-
-    /// Publishes rounds until the owned slots have no pending rows.
-    pub async fn drain(&self) -> Result<(), RelayError> {
-        while self.relay_once().await? == self.config.batch_size as usize {}
-        Ok(())
-    }
-
-    /// Publishes one round from the owned slots; returns the number of rows published.
-    pub async fn relay_once(&self) -> Result<usize, RelayError> {
-        if self.owned.is_empty() {
-            return Ok(0);
-        }
-        let slots: Vec<i32> = self.owned.iter().copied().collect();
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, aggregateid, type, topic, payload, headers
-             FROM outbox
-             WHERE published_at IS NULL AND slot = ANY($1)
-             ORDER BY seq
-             LIMIT $2",
-        )
-        .bind(&slots)
-        .bind(self.config.batch_size)
-        .fetch_all(&self.pool)
-        .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-
-        let results = join_all(rows.iter().map(|row| self.publish(row))).await;
-
-        // Settle an acknowledged row only if no earlier row of the same aggregate failed:
-        // the failed row will be published again and its successors must follow it.
-        let mut blocked_aggregates = HashSet::new();
-        let mut delivered = Vec::with_capacity(rows.len());
-        let mut first_error = None;
-        for (row, result) in rows.iter().zip(results) {
-            match result {
-                Ok(()) if !blocked_aggregates.contains(row.aggregateid.as_str()) => {
-                    delivered.push(row.id);
-                }
-                Ok(()) => {}
-                Err(error) => {
-                    blocked_aggregates.insert(row.aggregateid.as_str());
-                    first_error.get_or_insert(error);
-                }
+            if self.rebalance_due() {
+                self.rebalance().await?;
+                self.last_rebalance = Some(Instant::now());
             }
-        }
-
-        match self.config.retention {
-            Retention::Delete => sqlx::query("DELETE FROM outbox WHERE id = ANY($1)"),
-            Retention::Keep(_) => {
-                sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-            }
-        }
-        .bind(&delivered)
-        .execute(&self.pool)
-        .await?;
-        tracing::debug!(published = delivered.len(), "outbox round done");
-
-        match first_error {
-            None => Ok(delivered.len()),
-            Some(first_error) => Err(RelayError::Delivery {
-                failed: rows.len() - delivered.len(),
-                total: rows.len(),
-                first_error,
-            }),
         }
     }
 
-    async fn publish(&self, row: &Row) -> Result<(), KafkaError> {
-        let span = tracing::info_span!(
-            "outbox.publish",
-            otel.name = %format!("{} publish", row.topic),
-            otel.kind = "producer",
-            otel.status_code = tracing::field::Empty,
-            "messaging.system" = "kafka",
-            "messaging.operation.type" = "send",
-            "messaging.destination.name" = %row.topic,
-            "messaging.message.id" = %row.id,
-            "messaging.kafka.message.key" = %row.aggregateid,
-        );
-        trace::adopt(
-            &span,
-            row.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        let carried = trace::headers_of(&span);
-
-        let id = row.id.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(row.headers.len() + 2)
-            .insert(Header {
-                key: "id",
-                value: Some(id.as_str()),
-            })
-            .insert(Header {
-                key: "type",
-                value: Some(row.message_type.as_str()),
-            });
-        // The row's own trace headers are replaced by the relay span's context, which is
-        // their child; without one (no OpenTelemetry here) they go out as written, so the
-        // consumer still joins the writer's trace.
-        for (key, value) in row.headers.iter() {
-            if carried.is_empty() || !trace::TRACE_HEADERS.contains(&key.as_str()) {
-                headers = headers.insert(Header {
-                    key: key.as_str(),
-                    value: Some(value.as_str()),
-                });
-            }
-        }
-        for (key, value) in &carried {
-            headers = headers.insert(Header {
-                key: key.as_str(),
-                value: Some(value.as_str()),
-            });
-        }
-        let record = FutureRecord::to(&row.topic)
-            .key(row.aggregateid.as_bytes())
-            .payload(row.payload.as_slice())
-            .headers(headers);
-        let delivered = async {
-            let delivery = self
-                .producer
-                .send_result(record)
-                .map_err(|(error, _record)| error)?;
-            match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((error, _message))) => Err(error),
-                Err(_canceled) => Err(KafkaError::Canceled),
-            }
-        }
-        .instrument(span.clone())
-        .await;
-        if delivered.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
-        delivered
+    fn rebalance_due(&self) -> bool {
+        self.last_rebalance
+            .is_none_or(|at| at.elapsed() >= self.config.rebalance_interval)
     }
 
     /// Gives the slots back and removes the heartbeat, so peers take over at once.
