@@ -454,6 +454,17 @@ impl System {
         self.wait_ready(service, Duration::from_secs(60)).await
     }
 
+    /// Sets (or replaces) one environment variable of `service` for its next start.
+    pub fn set_env(&mut self, service: Service, key: &str, value: &str) -> anyhow::Result<()> {
+        let process = self
+            .processes
+            .get_mut(&service)
+            .context("unknown service")?;
+        process.env.retain(|(k, _)| k != key);
+        process.env.push((key.to_owned(), value.to_owned()));
+        Ok(())
+    }
+
     /// A pool on `service`'s database, for checking invariants from outside.
     pub async fn database(&self, service: Service) -> anyhow::Result<PgPool> {
         let url = format!("{}/{}_{}", self.postgres_url, service.name(), self.run_id);

@@ -180,6 +180,11 @@ pub struct KafkaSettings {
     /// member, then fails readiness, then liveness (`faultline_outbox::consumer::watchdog`).
     /// Longer than the 30 s session timeout, so an ordinary rebalance is not a stall.
     pub consumer_stall_ms: u64,
+    /// The consumer group to read with, when not the service's own (its name under the
+    /// prefix, the default: empty). The inbox keeps the service's name, so a fresh group
+    /// re-reads every topic from the start and every record is found there and skipped:
+    /// the way to replay a topic, or to prove that a replay changes nothing.
+    pub consumer_group: String,
 }
 
 impl Default for KafkaSettings {
@@ -190,6 +195,7 @@ impl Default for KafkaSettings {
             partitions: 3,
             replication_factor: 1,
             consumer_stall_ms: 45_000,
+            consumer_group: String::new(),
         }
     }
 }
@@ -198,6 +204,16 @@ impl KafkaSettings {
     /// The full name of `topic` under this system's prefix.
     pub fn topic(&self, topic: &str) -> String {
         format!("{}{topic}", self.topic_prefix)
+    }
+
+    /// The consumer group of `service`: [`KafkaSettings::consumer_group`] if set, else the
+    /// service's name under the prefix.
+    pub fn group(&self, service: &str) -> String {
+        if self.consumer_group.is_empty() {
+            self.topic(service)
+        } else {
+            self.consumer_group.clone()
+        }
     }
 
     /// Rejects settings that cannot work; `path` is the section's variable prefix

@@ -121,8 +121,8 @@ pub fn aggregate_uuid(envelope: &Envelope) -> Result<Uuid, HandlerError> {
 /// prefix, which [`KafkaSettings::topic`] adds.
 #[derive(Debug, Clone)]
 pub struct Wiring {
-    /// Service name: consumer group, inbox consumer name and dead-letter topic
-    /// (`<service>.dlq`) derive from it.
+    /// Service name: the inbox consumer name, the dead-letter topic (`<service>.dlq`) and,
+    /// unless `KAFKA__CONSUMER_GROUP` says otherwise, the consumer group derive from it.
     pub service: &'static str,
     /// Topics the service's consumer subscribes to.
     pub consumes: Vec<&'static str>,
@@ -161,7 +161,9 @@ impl Messaging {
     where
         H: Handler + 'static,
     {
-        let group = kafka.topic(wiring.service);
+        // The inbox is keyed by the service's own name, whatever group reads the records.
+        let inbox_name = kafka.topic(wiring.service);
+        let group = kafka.group(wiring.service);
         let dead_letters = kafka.topic(&format!("{}.dlq", wiring.service));
         let consumes: Vec<String> = wiring.consumes.iter().map(|t| kafka.topic(t)).collect();
 
@@ -193,7 +195,7 @@ impl Messaging {
 
         let observer = ConsumerObserver::default();
         let group_state = observer.state();
-        let mut settings = ConsumerSettings::new(group.clone(), consumes, dead_letters);
+        let mut settings = ConsumerSettings::new(inbox_name, consumes, dead_letters);
         settings.stall = StallPolicy {
             bound: Duration::from_millis(kafka.consumer_stall_ms),
             ..StallPolicy::default()
