@@ -178,6 +178,7 @@ impl Client {
                     add_stock: p.stock,
                 })
                 .collect(),
+            idempotency_key: Uuid::new_v4().to_string(),
         };
         Ok(self
             .inventory()

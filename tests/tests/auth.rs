@@ -465,7 +465,7 @@ async fn grpc_admits_only_known_certificates_and_the_right_identities() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     // Checkout may read, not write, the catalog.
     let status = InventoryServiceClient::new(checkout.channel(&inventory_url, timeout).unwrap())
-        .upsert_products(inventory::UpsertProductsRequest { products: vec![] })
+        .upsert_products(inventory::UpsertProductsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");

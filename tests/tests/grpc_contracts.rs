@@ -176,6 +176,7 @@ async fn inventory_refuses_bad_catalog_requests() -> anyhow::Result<()> {
             }),
             add_stock: stock,
         }],
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
     };
     for request in [
         upsert(-1, 1, "EUR"),
@@ -193,6 +194,31 @@ async fn inventory_refuses_bad_catalog_requests() -> anyhow::Result<()> {
         .fetch_one(&system.database(Service::Inventory).await?)
         .await?;
     assert_eq!(stock, 5, "refused upserts changed nothing");
+
+    // Adding stock is a delta: a retried call (same key) is answered, not applied again;
+    // the key with other products is refused, and a call without a key too.
+    let add_three = upsert(2_490, 3, "EUR");
+    let first = client
+        .upsert_products(add_three.clone())
+        .await?
+        .into_inner();
+    let retried = client
+        .upsert_products(add_three.clone())
+        .await?
+        .into_inner();
+    assert_eq!(first, retried, "the retry gets the first call's answer");
+    let loaded: i64 = sqlx::query_scalar("SELECT loaded FROM products WHERE sku = 'LAMP-01'")
+        .fetch_one(&system.database(Service::Inventory).await?)
+        .await?;
+    assert_eq!(loaded, 8, "three units added once, not twice");
+    let mut other = upsert(2_490, 4, "EUR");
+    other.idempotency_key = add_three.idempotency_key.clone();
+    let status = client.upsert_products(other).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+    let mut keyless = upsert(2_490, 1, "EUR");
+    keyless.idempotency_key.clear();
+    let status = client.upsert_products(keyless).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
 
     system.teardown().await
 }

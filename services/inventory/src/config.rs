@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use faultline_auth::MtlsSettings;
+use faultline_idempotency::IdempotencyConfig;
 use faultline_platform::config::{
     self, AdminSettings, ConfigError, DatabaseSettings, KafkaSettings, LifecycleSettings,
 };
@@ -30,6 +31,9 @@ pub struct Config {
     /// Certificates for mutual TLS (`INVENTORY_MTLS__*`). Default: what `make
     /// credentials` writes, `.state/certs/ca.pem`, `.state/certs/inventory.pem` and its key.
     pub mtls: MtlsSettings,
+    /// Idempotency keys of `UpsertProducts` (`INVENTORY_IDEMPOTENCY__*`). Defaults: keys
+    /// live 24 h, a call in flight holds its key 10 s.
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Default for Config {
@@ -43,6 +47,7 @@ impl Default for Config {
             kafka: KafkaSettings::default(),
             lifecycle: LifecycleSettings::default(),
             mtls: MtlsSettings::dev(".state/certs", "inventory"),
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -55,6 +60,9 @@ impl Config {
         config.kafka.validate(&format!("{PREFIX}_KAFKA"))?;
         config.lifecycle.validate(&format!("{PREFIX}_LIFECYCLE"))?;
         config.mtls.validate(&format!("{PREFIX}_MTLS"))?;
+        config
+            .idempotency
+            .validate(&format!("{PREFIX}_IDEMPOTENCY"))?;
         Ok(config)
     }
 }

@@ -1,6 +1,13 @@
 //! The gRPC adapter: translates protobuf requests into catalog calls and errors into status
 //! codes. No business rule lives here.
+//!
+//! `UpsertProducts` adds stock as a delta, so it is idempotent by key (the shared gRPC
+//! helper of `faultline_idempotency`): the key's claim, the catalog change, its events and
+//! the stored response commit in one transaction, and a retried call gets that response
+//! back instead of adding the stock again.
 
+use faultline_idempotency::grpc::{self, GrpcClaim};
+use faultline_idempotency::{LeaseError, Store};
 use faultline_platform::grpc::database_status;
 use faultline_platform::messaging::publish;
 use faultline_proto::common::v1::Money;
@@ -19,15 +26,21 @@ use crate::commands::PRODUCER;
 #[derive(Debug, Clone)]
 pub struct InventoryGrpc {
     pool: PgPool,
+    keys: Store,
     catalog_events: String,
 }
 
+/// Scope of `UpsertProducts` keys: one operator door, so one scope.
+const KEY_SCOPE: &str = "inventory.upsert-products";
+
 impl InventoryGrpc {
-    /// A service reading and writing the catalog in `pool`, announcing every change on the
-    /// topic `catalog_events` (full name) through the outbox.
-    pub fn new(pool: PgPool, catalog_events: String) -> Self {
+    /// A service reading and writing the catalog in `pool`, keeping idempotency keys in
+    /// `keys`, announcing every change on the topic `catalog_events` (full name) through the
+    /// outbox.
+    pub fn new(pool: PgPool, keys: Store, catalog_events: String) -> Self {
         Self {
             pool,
+            keys,
             catalog_events,
         }
     }
@@ -79,7 +92,56 @@ impl InventoryService for InventoryGrpc {
         &self,
         request: Request<pb::UpsertProductsRequest>,
     ) -> Result<Response<pb::UpsertProductsResponse>, Status> {
-        let products = request.into_inner().products;
+        let request = request.into_inner();
+        let lease = match grpc::claim::<_, pb::UpsertProductsResponse>(
+            &self.keys,
+            KEY_SCOPE,
+            &request.idempotency_key,
+            &request,
+        )
+        .await?
+        {
+            GrpcClaim::Replay(response) => return Ok(Response::new(response)),
+            GrpcClaim::Owned(lease) => lease,
+        };
+        match self.apply_upserts(request.products).await {
+            Ok((mut tx, response)) => {
+                lease
+                    .complete(&mut tx, &grpc::stored(&response))
+                    .await
+                    .map_err(|error| match error {
+                        // The lease ran out and a retry took the key over; it answers.
+                        LeaseError::Lost => Status::aborted(
+                            "this call took too long and a retry took its idempotency key over",
+                        ),
+                        LeaseError::Database(error) => database_status(&error),
+                    })?;
+                tx.commit().await.map_err(|e| database_status(&e))?;
+                Ok(Response::new(response))
+            }
+            Err(status) => {
+                if let Err(error) = lease.release(&self.pool).await {
+                    tracing::warn!(%error, "could not release the idempotency key");
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+impl InventoryGrpc {
+    /// Validates and applies `products` in a transaction it hands back uncommitted, so that
+    /// the stored response commits with the change.
+    async fn apply_upserts(
+        &self,
+        products: Vec<pb::ProductUpsert>,
+    ) -> Result<
+        (
+            sqlx::Transaction<'static, sqlx::Postgres>,
+            pb::UpsertProductsResponse,
+        ),
+        Status,
+    > {
         if products.is_empty() || products.len() > MAX_PRODUCTS_PER_REQUEST {
             return Err(Status::invalid_argument(format!(
                 "products: send 1 to {MAX_PRODUCTS_PER_REQUEST} products"
@@ -126,9 +188,9 @@ impl InventoryService for InventoryGrpc {
                 .await
                 .map_err(|e| database_status(&e))?;
         }
-        tx.commit().await.map_err(|e| database_status(&e))?;
-        Ok(Response::new(pb::UpsertProductsResponse {
+        let response = pb::UpsertProductsResponse {
             products: products.into_iter().map(to_pb).collect(),
-        }))
+        };
+        Ok((tx, response))
     }
 }

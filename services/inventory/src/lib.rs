@@ -14,8 +14,11 @@ pub mod stock;
 
 pub use config::{Config, PREFIX};
 
+use std::time::Duration;
+
 use anyhow::Context;
 use faultline_auth::{AllowedCallers, CallerAuthLayer, ServiceId};
+use faultline_idempotency::Store;
 use faultline_platform::grpc::{listen_mtls, mirror_readiness};
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
@@ -44,7 +47,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.admin,
         &config.database,
         &config.lifecycle,
-        &[&MIGRATOR, &faultline_outbox::migrator()],
+        &[
+            &MIGRATOR,
+            &faultline_outbox::migrator(),
+            &faultline_idempotency::migrator(),
+        ],
         metrics.clone(),
         axum::Router::new(),
         &shutdown,
@@ -52,6 +59,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await
     .context("preparing the inventory database")?;
 
+    let keys = Store::new(life.pool.clone(), config.idempotency.clone());
+    let reaper = tokio::spawn(faultline_idempotency::reaper::run(
+        life.pool.clone(),
+        Duration::from_secs(config.idempotency.reap_interval_secs),
+        life.background(),
+    ));
     let wiring = Wiring {
         service: "inventory",
         consumes: vec![topics::INVENTORY_COMMANDS],
@@ -92,6 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(health_service)
         .add_service(InventoryServiceServer::new(InventoryGrpc::new(
             life.pool.clone(),
+            keys,
             config.kafka.topic(topics::CATALOG_EVENTS),
         )))
         .serve_with_incoming_shutdown(incoming, life.serving().cancelled_owned());
@@ -101,7 +115,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let served = grpc.await;
     life.end(
         messaging,
-        vec![("grpc health", mirror), ("certificate reload", tls_reload)],
+        vec![
+            ("idempotency reaper", reaper),
+            ("grpc health", mirror),
+            ("certificate reload", tls_reload),
+        ],
     )
     .await;
     served.context("gRPC server failed")?;

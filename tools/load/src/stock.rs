@@ -27,6 +27,7 @@ pub async fn add(client: &Client, sku: &str, units: i64) -> anyhow::Result<i64> 
             }),
             add_stock: units,
         }],
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
     };
     let products = InventoryServiceClient::new(channel)
         .upsert_products(request)
