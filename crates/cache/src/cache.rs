@@ -246,12 +246,12 @@ impl<V: CacheValue> Cache<V> {
         }
         let resolved = inner.space.resolve(key);
         let Some(node) = inner.nodes.get(inner.placement.node(resolved.hash)) else {
-            return inner.bypass(key, load).await;
+            return inner.bypass_together(key, load).await;
         };
         // The hit path stays outside the flight: a hit costs one GET and nothing shared.
         let entry = match node.get(&resolved.value).await {
             Ok(bytes) => inner.decode(node, &resolved, bytes).await,
-            Err(_) => return inner.bypass(key, load).await,
+            Err(_) => return inner.bypass_together(key, load).await,
         };
         if let Some(entry) = entry {
             return inner.serve(key, node, &resolved, entry, load).await;
@@ -516,18 +516,32 @@ impl<V: CacheValue> Inner<V> {
         }
     }
 
-    /// Redis could not answer: the origin does. The value goes to the L1 (fresh from the
-    /// source, so safe) to spare the origin while Redis is away, never to Redis.
-    async fn bypass<F, Fut, E>(&self, key: &str, load: F) -> Result<Option<V>, E>
+    /// The origin's answer when Redis cannot be asked, shared by the concurrent lookups of
+    /// `key` in this process (and kept in L1). Redis
+    /// being out of reach is exactly when a hot key's misses would all reach the origin at
+    /// once; the lease cannot help then, the in-process flight still does.
+    async fn bypass_together<F, Fut, E>(&self, key: &str, load: F) -> Result<Option<V>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>>,
+        E: Clone + Send + Sync + 'static,
     {
         self.stats.outcome(Outcome::Bypass);
-        self.bypass_counted(key, load).await
+        match self
+            .flights
+            .run(key, || self.bypass_counted(key, load))
+            .await
+        {
+            Flight::Led(result) => result,
+            Flight::Joined(result) => {
+                bump(&self.stats.coalesced);
+                result
+            }
+            Flight::Alone(bypass) => bypass().await,
+        }
     }
 
-    /// [`Inner::bypass`] for a lookup whose outcome is already counted.
+    /// The origin's answer, kept in L1, for a lookup whose outcome is already counted.
     async fn bypass_counted<F, Fut, E>(&self, key: &str, load: F) -> Result<Option<V>, E>
     where
         F: FnOnce() -> Fut,

@@ -123,3 +123,42 @@ async fn a_cache_starts_while_redis_is_down() {
     );
     assert_eq!(cache.stats().bypasses, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_concurrent_misses_of_a_key_still_make_one_origin_load() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.stop();
+    let cache: Cache<Item> = Cache::connect(&unique("herd"), 1, &fast_breaker(&url))
+        .await
+        .unwrap();
+    let origin = Origin::with(&[item("HOT", 1)]);
+    // The origin answers only once every lookup has had ample time to find Redis gone and
+    // queue behind the first one.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut lookups = Vec::new();
+    for _ in 0..200 {
+        let (cache, origin, release) = (cache.clone(), origin.clone(), release.clone());
+        lookups.push(tokio::spawn(async move {
+            cache
+                .get_or_load("HOT", || async move {
+                    release.notified().await;
+                    origin.load("HOT").await
+                })
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    release.notify_waiters();
+    for lookup in lookups {
+        assert_eq!(lookup.await.unwrap(), Ok(Some(item("HOT", 1))));
+    }
+    assert_eq!(
+        origin.loads(),
+        1,
+        "a dead cache must not let the herd through"
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.bypasses, 200, "{stats:?}");
+    assert_eq!(stats.coalesced, 199, "{stats:?}");
+}

@@ -12,7 +12,13 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_concurrent_misses_make_one_origin_load() {
     let url = shared_redis();
-    let cache: Cache<Item> = Cache::connect(&unique("coalesce"), 1, &config(&url))
+    // A Redis answer slower than the default 100 ms (a busy machine) would send a lookup
+    // around the cache; this test is about the miss path, so Redis gets all the time it needs.
+    let patient = CacheConfig {
+        command_timeout_ms: 5_000,
+        ..config(&url)
+    };
+    let cache: Cache<Item> = Cache::connect(&unique("coalesce"), 1, &patient)
         .await
         .unwrap();
     let origin = Origin::with(&[item("HOT", 1)]);
