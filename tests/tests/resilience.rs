@@ -302,8 +302,14 @@ async fn an_order_stuck_past_the_request_deadline_answers_504_and_writes_nothing
                 .await?;
         assert_eq!(rows, 0, "{table} has rows from the abandoned request");
     }
-    // And the key is free: the same request now goes through, once.
-    let retried = system.client.post_order_patiently(&body, &key).await?;
+    // And the key is not lost: once the abandoned request's lease is given back (or runs
+    // out), the same request goes through, once.
+    let mut retried = system.client.post_order_patiently(&body, &key).await?;
+    let started = Instant::now();
+    while retried.status == StatusCode::CONFLICT && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        retried = system.client.post_order_patiently(&body, &key).await?;
+    }
     assert_eq!(retried.status, StatusCode::ACCEPTED, "{}", retried.body);
     let id: uuid::Uuid = retried.body["order_id"]
         .as_str()

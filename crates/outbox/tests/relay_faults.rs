@@ -19,13 +19,20 @@ use common::{TestDb, fast_relays, read_until_quiet, relay, slot_holders, topic, 
 async fn a_relay_whose_lock_session_was_killed_publishes_nothing_from_slots_a_newcomer_took() {
     let db = TestDb::new().await;
     let topic = topic(1).await;
+    // Heartbeats and lock sessions that outlast the test, however slow the machine, so
+    // that both relays count as live throughout and the shares stay at 32 each.
+    let steady = RelayConfig {
+        heartbeat_ttl: Duration::from_secs(60),
+        lock_session_idle_timeout: Duration::from_secs(120),
+        ..fast_relays()
+    };
     // The old relay would not rebalance on its own during the test: only its rounds can
     // notice that its session is gone.
     let mut old = relay(
         &db.pool,
         RelayConfig {
             rebalance_interval: Duration::from_secs(3600),
-            ..fast_relays()
+            ..steady.clone()
         },
     );
     old.rebalance().await.unwrap();
