@@ -11,6 +11,7 @@ pub mod admin;
 pub mod commands;
 mod config;
 pub mod grpc;
+mod keyed;
 pub mod payments;
 pub mod provider;
 mod settle;
@@ -88,12 +89,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         consumes: vec![topics::PAYMENTS_COMMANDS],
         produces: vec![topics::PAYMENTS_EVENTS],
     };
-    let handler = CommandHandler {
-        events_topic: config.kafka.topic(topics::PAYMENTS_EVENTS),
-        provider: provider.clone(),
-        pool: life.pool.clone(),
-        keys: keys.clone(),
-    };
+    let handler = CommandHandler::new(
+        config.kafka.topic(topics::PAYMENTS_EVENTS),
+        provider.clone(),
+        life.pool.clone(),
+        keys.clone(),
+    );
     let messaging = Messaging::start(&life, &config.kafka, wiring, handler)
         .await
         .context("starting Kafka messaging")?;
