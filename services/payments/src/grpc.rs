@@ -78,6 +78,7 @@ pub fn payment_status(error: &PaymentError) -> Status {
             Status::internal("internal error")
         }
         PaymentError::Provider(_) => Status::unavailable(error.to_string()),
+        PaymentError::ProviderRefused(_) => Status::failed_precondition(error.to_string()),
         PaymentError::Database(db) => database_status(db),
     }
 }

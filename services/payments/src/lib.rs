@@ -2,8 +2,11 @@
 //!
 //! - gRPC `Authorize` ([`grpc`]) and Kafka commands `AuthorizePayment`, `VoidPayment`,
 //!   `CapturePayment` ([`commands`]) share the rules in [`payments`].
-//! - [`provider`] is the adapter to the payment service provider; today a simulated one that
+//! - [`provider`] is the adapter to the payment service provider (authorize, capture, void,
+//!   each with its own idempotency key); today a simulated one that keeps real holds and
 //!   declines amounts above a configured limit.
+//! - Whatever asks the provider holds no database connection while it waits, whichever door
+//!   it came through ([`commands`] explains how the Kafka door manages that).
 //!
 //! [`run`] starts everything and returns after a graceful shutdown.
 
@@ -14,6 +17,7 @@ pub mod grpc;
 mod keyed;
 pub mod payments;
 pub mod provider;
+mod request;
 mod settle;
 mod stored;
 

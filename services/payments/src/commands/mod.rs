@@ -16,7 +16,7 @@ use faultline_proto::payments::v1 as pb;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::payments::{self, Authorization, AuthorizeRequest, PaymentError};
+use crate::payments::{self, Authorization, AuthorizeRequest, Capture, PaymentError};
 use crate::provider::PaymentProvider;
 use detached::Detached;
 
@@ -31,11 +31,14 @@ pub struct CommandHandler<P> {
     pool: PgPool,
     keys: Store,
     authorizations: Detached<Authorization>,
+    captures: Detached<Capture>,
+    voids: Detached<()>,
 }
 
 impl<P> CommandHandler<P> {
-    /// Replies go to `events_topic` (its full name); authorizations ask `provider`, write to
-    /// `pool` and keep their keys in `keys`, shared with the gRPC door.
+    /// Replies go to `events_topic` (its full name); authorizations, captures and voids ask
+    /// `provider` and write to `pool`; authorizations keep their keys in `keys`, shared with
+    /// the gRPC door.
     pub fn new(events_topic: String, provider: Arc<P>, pool: PgPool, keys: Store) -> Self {
         Self {
             events_topic,
@@ -43,6 +46,8 @@ impl<P> CommandHandler<P> {
             pool,
             keys,
             authorizations: Detached::new("authorization"),
+            captures: Detached::new("capture"),
+            voids: Detached::new("void"),
         }
     }
 }
@@ -118,13 +123,19 @@ impl<P: PaymentProvider + 'static> Handler for CommandHandler<P> {
                 answer_authorization(tx, reply, order_id, authorization).await?;
             }
             Command::Void => {
-                payments::void(tx, order_id).await?;
+                let (pool, provider) = (self.pool.clone(), self.provider.clone());
+                self.voids.poll(&message.event_id, || async move {
+                    Ok(payments::void(&pool, provider.as_ref(), order_id).await?)
+                })?;
                 reply
                     .send(tx, &pb::PaymentVoided { order_id: order })
                     .await?;
             }
             Command::Capture => {
-                let capture = payments::capture(tx, order_id).await?;
+                let (pool, provider) = (self.pool.clone(), self.provider.clone());
+                let capture = self.captures.poll(&message.event_id, || async move {
+                    Ok(payments::capture(&pool, provider.as_ref(), order_id).await?)
+                })?;
                 let event = pb::PaymentCaptured {
                     order_id: order,
                     payment_id: capture.payment_id.to_string(),
