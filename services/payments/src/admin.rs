@@ -34,6 +34,10 @@ struct ProviderView {
     held_minor: BTreeMap<String, i64>,
     /// What was captured, ever, in minor units by currency.
     captured_minor: BTreeMap<String, i64>,
+    /// When these books began (Unix milliseconds): they live in payments' process.
+    since_unix_ms: u64,
+    /// Captures of holds placed before the books began (payments restarted since).
+    inherited: u64,
 }
 
 fn view(provider: &SimulatedProvider) -> ProviderView {
@@ -51,6 +55,8 @@ fn view(provider: &SimulatedProvider) -> ProviderView {
         open_holds,
         held_minor,
         captured_minor: provider.captured_minor(),
+        since_unix_ms: provider.since_unix_ms(),
+        inherited: provider.inherited(),
     }
 }
 

@@ -7,13 +7,15 @@
 //! provider with a documented, reproducible rule; [`ResilientProvider`] is the client stack
 //! in front of whichever provider is used.
 
+mod faults;
 mod resilient;
 mod simulated;
 
 use std::future::Future;
 
+pub use faults::Faults;
 pub use resilient::ResilientProvider;
-pub use simulated::{Faults, OpenHold, SimulatedProvider};
+pub use simulated::{OpenHold, SimulatedProvider};
 use uuid::Uuid;
 
 /// What is asked of the provider to authorize.

@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use faultline_settings::SettingError;
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
+use super::faults::Faults;
 use super::{
     PaymentProvider, ProviderDecision, ProviderError, ProviderRequest, SettleRequest, Settlement,
 };
@@ -20,41 +20,6 @@ use super::{
 /// providers keep keys for a day or so; this bounds the simulation's memory. Open holds are
 /// never forgotten.
 const REMEMBERED_KEYS: usize = 100_000;
-
-/// Trouble the simulated provider makes, changeable while it runs (payments' admin port
-/// serves `GET` and `PUT /provider`), so timeouts, retries and the breaker have something
-/// real to face.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Faults {
-    /// Added to every call.
-    pub latency_ms: u64,
-    /// Fraction of calls that fail, 0 to 1. Half of the failures happen after the provider
-    /// acted (the answer is lost on the way back), which is what makes reusing the
-    /// idempotency key on retry matter.
-    pub failure_rate: f64,
-}
-
-impl Faults {
-    /// Checks the ranges; `path` is the section's variable prefix.
-    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
-        if !(0.0..=1.0).contains(&self.failure_rate) {
-            return Err(SettingError::new(
-                path,
-                "FAILURE_RATE",
-                "must be between 0 and 1",
-            ));
-        }
-        if self.latency_ms > 60_000 {
-            return Err(SettingError::new(
-                path,
-                "LATENCY_MS",
-                "must be at most 60000",
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// A hold still in place: funds reserved for an order, neither captured nor released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -126,6 +91,7 @@ struct Counters {
     holds: AtomicU64,
     captures: AtomicU64,
     releases: AtomicU64,
+    inherited: AtomicU64,
 }
 
 /// A provider that approves every amount up to a limit and declines the rest, so both paths
@@ -135,6 +101,7 @@ struct Counters {
 #[derive(Debug, Default)]
 pub struct SimulatedProvider {
     decline_above_minor: i64,
+    since_unix_ms: u64,
     books: Mutex<Books>,
     counters: Counters,
     faults: Mutex<Faults>,
@@ -143,10 +110,25 @@ pub struct SimulatedProvider {
 impl SimulatedProvider {
     /// Declines amounts strictly above `decline_above_minor`.
     pub fn new(decline_above_minor: i64) -> Self {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Self {
             decline_above_minor,
+            since_unix_ms: u64::try_from(since.as_millis()).unwrap_or(u64::MAX),
             ..Self::default()
         }
+    }
+
+    /// When these books began (Unix milliseconds): they are kept in memory, so they cover
+    /// only what happened since payments last started.
+    pub fn since_unix_ms(&self) -> u64 {
+        self.since_unix_ms
+    }
+
+    /// Captures of holds placed before these books began, taken as held.
+    pub fn inherited(&self) -> u64 {
+        self.counters.inherited.load(Ordering::Relaxed)
     }
 
     /// The faults in force.
@@ -264,15 +246,28 @@ impl SimulatedProvider {
 
     fn capture_hold(&self, books: &mut Books, request: SettleRequest<'_>) -> Settlement {
         let Some(hold) = books.open.get(request.hold) else {
-            return refused(match books.closed.get(request.hold) {
-                Some(Closed::Captured) => "the hold is captured already",
-                Some(Closed::Released) => "the hold was released",
-                None => "no such hold",
-            });
+            return match (
+                books.closed.get(request.hold),
+                books.decisions.get(request.hold),
+            ) {
+                (Some(Closed::Captured), _) => refused("the hold is captured already"),
+                (Some(Closed::Released), _) => refused("the hold was released"),
+                (None, Some(_)) => refused("nothing is held under this key"),
+                // Placed before these books began: they live in payments' process, which may
+                // have restarted since, while a real provider's would not. Captured as held.
+                (None, None) => {
+                    self.counters.inherited.fetch_add(1, Ordering::Relaxed);
+                    self.charge(books, request)
+                }
+            };
         };
         if hold.currency != request.currency || hold.amount_minor < request.amount_minor {
             return refused("the capture exceeds the hold");
         }
+        self.charge(books, request)
+    }
+
+    fn charge(&self, books: &mut Books, request: SettleRequest<'_>) -> Settlement {
         books.open.remove(request.hold);
         books.closed.insert(request.hold, Closed::Captured);
         *books

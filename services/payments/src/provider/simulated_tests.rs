@@ -154,3 +154,18 @@ async fn faults_never_capture_twice() {
     assert_eq!(provider.captures(), 1);
     assert_eq!(provider.captured_minor().get("EUR"), Some(&500));
 }
+
+#[tokio::test]
+async fn a_hold_from_before_the_books_began_is_captured_as_held() {
+    // Payments restarted: the hold was placed by the provider of the process before.
+    let provider = SimulatedProvider::new(1_000);
+    let captured = provider.capture(settle("c-1", "key-low")).await.unwrap();
+    assert_eq!(captured, Settlement::Done);
+    assert_eq!((provider.captures(), provider.inherited()), (1, 1));
+    // A key the books know held nothing: a declined authorization cannot be captured.
+    provider.authorize(request(1_001)).await.unwrap();
+    assert!(matches!(
+        provider.capture(settle("c-2", "key-high")).await.unwrap(),
+        Settlement::Refused { .. }
+    ));
+}
