@@ -106,10 +106,7 @@ pub(crate) async fn check(
         .into_iter()
         .map(|(order, amount, currency)| (order, (amount, currency)))
         .collect();
-    ensure!(
-        held == authorized,
-        "the provider holds {held:?} but payments has authorized {authorized:?}"
-    );
+    // Checked first: the one failure that costs a customer money.
     let cancelled: BTreeSet<Uuid> =
         sqlx::query_scalar("SELECT id FROM orders WHERE status = 'CANCELLED'")
             .fetch_all(checkout)
@@ -120,6 +117,10 @@ pub(crate) async fn check(
     ensure!(
         stranded.is_empty(),
         "the provider still holds funds for cancelled orders {stranded:?}"
+    );
+    ensure!(
+        held == authorized,
+        "the provider holds {held:?} but payments has authorized {authorized:?}"
     );
 
     // What the provider captured is what payments captured, and what its ledger booked.
