@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use faultline_outbox::consumer::HandlerError;
+use tracing::Instrument;
 
 /// How long a result nobody came back for is kept.
 pub(crate) const KEPT_FOR: Duration = Duration::from_secs(300);
@@ -102,7 +103,9 @@ impl<T: Send + 'static> Detached<T> {
         slots.insert(id.to_owned(), Slot::Running);
         drop(slots);
 
-        let running = tokio::spawn(work());
+        // The work stays in the record's trace: its spans (the provider call's among them)
+        // are children of the record's, which it keeps open until it ends.
+        let running = tokio::spawn(work().instrument(tracing::Span::current()));
         let (slots, id, what) = (self.slots.clone(), id.to_owned(), self.what);
         tokio::spawn(async move {
             // A panic in the work is a bug the record trips: it is parked with the message,
