@@ -31,7 +31,8 @@ use uuid::Uuid;
 const PARTITIONS: i32 = 16;
 /// The service's default pool size.
 const POOL: u32 = 10;
-const COMMANDS: usize = 64;
+/// Orders, each authorized and then captured: two commands each.
+const ORDERS: usize = 64;
 
 async fn database() -> TestDatabase {
     let db = TestDatabase::create("payments_pool").await.unwrap();
@@ -52,13 +53,55 @@ async fn service_pool(db: &TestDatabase) -> PgPool {
         .unwrap()
 }
 
-/// Sends one `AuthorizePayment` per order, spread over every partition, as the saga does.
+/// Sends `command` about `order_id` to `partition`, as the saga's relay does.
+async fn send<M: Message + Name>(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    order_id: &str,
+    command: &M,
+) {
+    let envelope = Envelope::wrap(
+        command,
+        Provenance {
+            aggregate_id: order_id.to_owned(),
+            correlation_id: order_id.to_owned(),
+            causation_id: None,
+            producer: "checkout",
+        },
+    );
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "id",
+        value: Some(envelope.event_id.as_str()),
+    });
+    let payload = envelope.encode_to_vec();
+    let record = FutureRecord::to(topic)
+        .partition(partition)
+        .key(order_id)
+        .payload(&payload)
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(error, _)| error)
+        .unwrap();
+}
+
+/// An `AuthorizePayment` and then a `CapturePayment` per order, the orders spread over
+/// every partition, as the saga sends them for orders it confirms.
 async fn send_commands(topic: &str) {
     let producer: FutureProducer = producer_config(&kafka_brokers(), "payments-pool-test")
         .create()
         .unwrap();
-    for n in 0..COMMANDS {
-        let order_id = Uuid::now_v7().to_string();
+    let orders: Vec<(String, i32)> = (0..ORDERS)
+        .map(|n| {
+            (
+                Uuid::now_v7().to_string(),
+                i32::try_from(n).unwrap() % PARTITIONS,
+            )
+        })
+        .collect();
+    for (order_id, partition) in &orders {
         let command = pb::AuthorizePayment {
             order_id: order_id.clone(),
             customer_id: "alice".into(),
@@ -68,37 +111,20 @@ async fn send_commands(topic: &str) {
             }),
             idempotency_key: format!("order:{order_id}:authorize"),
         };
-        let envelope = Envelope::wrap(
-            &command,
-            Provenance {
-                aggregate_id: order_id.clone(),
-                correlation_id: order_id.clone(),
-                causation_id: None,
-                producer: "checkout",
-            },
-        );
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "id",
-            value: Some(envelope.event_id.as_str()),
-        });
-        let partition = i32::try_from(n).unwrap() % PARTITIONS;
-        let payload = envelope.encode_to_vec();
-        let record = FutureRecord::to(topic)
-            .partition(partition)
-            .key(&order_id)
-            .payload(&payload)
-            .headers(headers);
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(error, _)| error)
-            .unwrap();
+        send(&producer, topic, *partition, order_id, &command).await;
+    }
+    for (order_id, partition) in &orders {
+        let command = pb::CapturePayment {
+            order_id: order_id.clone(),
+        };
+        send(&producer, topic, *partition, order_id, &command).await;
     }
 }
 
-async fn replies(pool: &PgPool) -> i64 {
+/// Replies of type `M` in the outbox.
+async fn replies<M: Name>(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox WHERE type = $1")
-        .bind(pb::PaymentAuthorized::full_name())
+        .bind(M::full_name())
         .fetch_one(pool)
         .await
         .unwrap()
@@ -145,18 +171,19 @@ async fn more_busy_partitions_than_connections_and_a_slow_provider_do_not_deadlo
         shutdown.clone(),
     ));
 
-    // Joining the group takes the broker a few seconds; the work itself, 4 commands of
+    // Joining the group takes the broker a few seconds; the work itself, 8 commands of
     // 300 ms per partition, far less. A deadlocked pool never gets there.
     let started = Instant::now();
     loop {
-        let done = replies(&db.pool).await;
-        if done == i64::try_from(COMMANDS).unwrap() {
+        let authorized = replies::<pb::PaymentAuthorized>(&db.pool).await;
+        let captured = replies::<pb::PaymentCaptured>(&db.pool).await;
+        if (authorized, captured) == (ORDERS as i64, ORDERS as i64) {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "{done} of {COMMANDS} authorizations answered after {:?}; \
-             {} connections of {POOL} in use, {} idle",
+            "{authorized} authorizations and {captured} captures of {ORDERS} answered \
+             after {:?}; {} connections of {POOL} in use, {} idle",
             started.elapsed(),
             pool.size(),
             pool.num_idle()
@@ -166,13 +193,14 @@ async fn more_busy_partitions_than_connections_and_a_slow_provider_do_not_deadlo
     shutdown.cancel();
     running.await.unwrap().unwrap();
 
-    let authorized: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'authorized'")
+    let captured: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'captured'")
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!(authorized, i64::try_from(COMMANDS).unwrap());
-    assert_eq!(provider.holds(), u64::try_from(COMMANDS).unwrap());
+    assert_eq!(captured, ORDERS as i64);
+    assert_eq!(provider.holds(), ORDERS as u64);
+    assert_eq!(provider.captures(), ORDERS as u64);
     assert_eq!(
         stats.parked.load(Ordering::Relaxed),
         0,
