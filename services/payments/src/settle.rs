@@ -11,9 +11,9 @@
 //! 3. the answer is written and the mark cleared, in one transaction.
 //!
 //! A retry after a crash in step 2 or 3 finds the mark and resumes at step 2; nothing else
-//! can happen to a marked payment meanwhile (a capture's mark keeps a void out, and a void is
-//! decided before its mark is written). Each function takes connections of its own from the
-//! pool and holds none while the provider is asked.
+//! can happen to a marked payment meanwhile (a capture's mark keeps a void out, and a void's
+//! mark is written with the voided status, which is final). Each function takes connections
+//! of its own from the pool and holds none while the provider is asked.
 
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
