@@ -14,6 +14,7 @@ pub mod broker;
 mod client;
 pub mod collector;
 pub mod credentials;
+mod provider_books;
 pub mod proxy;
 pub mod redis;
 mod system;

@@ -592,7 +592,14 @@ impl System {
             debits.unwrap_or(0) == captured_total,
             "ledger debits {debits:?} != captured total {captured_total}"
         );
-        Ok(())
+
+        // The provider's books agree with payments': holds, captures, and none left behind.
+        let (status, provider) = self.admin(Service::Payments, "/provider").await?;
+        ensure!(
+            status == 200,
+            "payments' /provider answered {status}: {provider}"
+        );
+        crate::provider_books::check(&provider, &checkout, &payments).await
     }
 
     /// Stops the processes and removes the system's databases and logs.

@@ -12,7 +12,8 @@ use uuid::Uuid;
 use faultline_idempotency::Store;
 use faultline_idempotency::grpc::{self, GrpcClaim};
 
-use crate::payments::{self, Authorization, AuthorizeRequest, PaymentError};
+use crate::keyed::authorize_owned;
+use crate::payments::{Authorization, AuthorizeRequest, PaymentError};
 use crate::provider::PaymentProvider;
 
 /// Scope of payments' idempotency keys. Keys are shared by every door into payments (gRPC
@@ -77,6 +78,7 @@ pub fn payment_status(error: &PaymentError) -> Status {
             Status::internal("internal error")
         }
         PaymentError::Provider(_) => Status::unavailable(error.to_string()),
+        PaymentError::ProviderRefused(_) => Status::failed_precondition(error.to_string()),
         PaymentError::Database(db) => database_status(db),
     }
 }
@@ -109,36 +111,13 @@ impl<P: PaymentProvider + 'static> PaymentsService for PaymentsGrpc<P> {
             request.fingerprint(),
         )
         .await?;
-        let mut lease = match claim {
+        let lease = match claim {
             GrpcClaim::Replay(response) => return Ok(Response::new(response)),
             GrpcClaim::Owned(lease) => lease,
         };
-        let outcome = async {
-            // The final transaction opens only once the provider has answered: a connection
-            // held idle across that call would let a burst of requests drain the pool.
-            let decided =
-                payments::decide(&self.pool, self.provider.as_ref(), &mut lease, &request).await?;
-            let mut tx = self.pool.begin().await?;
-            let authorization = payments::record(&mut tx, decided).await?;
-            Ok::<_, PaymentError>((tx, authorize_response(&authorization)))
-        }
-        .await;
-        let (mut tx, response) = match outcome {
-            Ok(done) => done,
-            Err(error) => {
-                // Gives the key back unless a phase already committed; then it resumes on
-                // retry once its lease runs out.
-                if let Err(release) = lease.release(&self.pool).await {
-                    tracing::warn!(%release, "could not release the idempotency key");
-                }
-                return Err(payment_status(&error));
-            }
-        };
-        lease
-            .complete(&mut tx, &grpc::stored(&response))
+        let authorization = authorize_owned(&self.pool, self.provider.as_ref(), lease, &request)
             .await
-            .map_err(|e| payment_status(&e.into()))?;
-        tx.commit().await.map_err(|e| database_status(&e))?;
-        Ok(Response::new(response))
+            .map_err(|error| payment_status(&error))?;
+        Ok(Response::new(authorize_response(&authorization)))
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! - gRPC `Authorize` ([`grpc`]) and Kafka commands `AuthorizePayment`, `VoidPayment`,
 //!   `CapturePayment` ([`commands`]) share the rules in [`payments`].
-//! - [`provider`] is the adapter to the payment service provider; today a simulated one that
+//! - [`provider`] is the adapter to the payment service provider (authorize, capture, void,
+//!   each with its own idempotency key); today a simulated one that keeps real holds and
 //!   declines amounts above a configured limit.
+//! - Whatever asks the provider holds no database connection while it waits, whichever door
+//!   it came through ([`commands`] explains how the Kafka door manages that).
 //!
 //! [`run`] starts everything and returns after a graceful shutdown.
 
@@ -11,8 +14,10 @@ pub mod admin;
 pub mod commands;
 mod config;
 pub mod grpc;
+mod keyed;
 pub mod payments;
 pub mod provider;
+mod request;
 mod settle;
 mod stored;
 
@@ -88,12 +93,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         consumes: vec![topics::PAYMENTS_COMMANDS],
         produces: vec![topics::PAYMENTS_EVENTS],
     };
-    let handler = CommandHandler {
-        events_topic: config.kafka.topic(topics::PAYMENTS_EVENTS),
-        provider: provider.clone(),
-        pool: life.pool.clone(),
-        keys: keys.clone(),
-    };
+    let handler = CommandHandler::new(
+        config.kafka.topic(topics::PAYMENTS_EVENTS),
+        provider.clone(),
+        life.pool.clone(),
+        keys.clone(),
+    );
     let messaging = Messaging::start(&life, &config.kafka, wiring, handler)
         .await
         .context("starting Kafka messaging")?;

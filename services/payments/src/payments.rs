@@ -4,55 +4,16 @@
 //! gRPC `Authorize` and the Kafka `AuthorizePayment` command both end in [`authorize`], and
 //! every function runs inside the caller's transaction.
 
-use faultline_idempotency::{Fingerprint, IdempotencyKey, Lease, LeaseError, STARTED};
-use faultline_proto::contract::validate_currency;
+use faultline_idempotency::{Lease, LeaseError, STARTED};
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::provider::{PaymentProvider, ProviderDecision, ProviderError, ProviderRequest};
+pub use crate::request::AuthorizeRequest;
 pub use crate::settle::{capture, void};
 pub use crate::stored::PaymentStatus;
 use crate::stored::{Lock, Payment, by_id, by_key, by_order};
-
-/// A request to hold funds for an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthorizeRequest {
-    /// Caller-chosen key; the same key always gets the same answer.
-    pub idempotency_key: String,
-    /// The order being paid.
-    pub order_id: Uuid,
-    /// Who pays.
-    pub customer_id: String,
-    /// Minor units, zero or more: a free order authorizes 0, which holds nothing.
-    pub amount_minor: i64,
-    /// ISO 4217 code.
-    pub currency: String,
-}
-
-impl AuthorizeRequest {
-    /// Checks every field; the error names the field and the rule.
-    pub fn validate(&self) -> Result<(), String> {
-        // The idempotency store's own rule, and the key exactly as the store keeps it (no
-        // quotes or spaces to strip): the payment row, the provider and the key table must
-        // all see the same key, or a retry cannot find what the first attempt wrote.
-        let key = &self.idempotency_key;
-        match IdempotencyKey::parse(key) {
-            Ok(parsed) if parsed.as_str() == key => {}
-            Ok(_) => {
-                return Err("idempotency_key must not be quoted or padded with spaces".into());
-            }
-            Err(error) => return Err(format!("idempotency_key: {error}")),
-        }
-        if self.customer_id.trim().is_empty() {
-            return Err("customer_id must not be empty".into());
-        }
-        if self.amount_minor < 0 {
-            return Err("amount must not be negative".into());
-        }
-        validate_currency(&self.currency)
-    }
-}
 
 /// The answer to an authorization: what became of the payment the key made. A repeated key
 /// gets the payment's state now, not the first answer when that has changed since, so a
@@ -126,6 +87,9 @@ pub enum PaymentError {
     /// The provider could not be reached.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// The provider refused a capture or a void for good.
+    #[error("the payment provider refused: {0}")]
+    ProviderRefused(String),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -180,20 +144,6 @@ impl Payment {
 /// Recovery point once the pending payment row is committed.
 pub const PAYMENT_CREATED: &str = "payment_created";
 
-impl AuthorizeRequest {
-    /// What makes two authorization requests the same request, whichever door (gRPC or a
-    /// Kafka command) they came through.
-    pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint::of(&[
-            b"authorize",
-            self.order_id.as_bytes(),
-            self.customer_id.as_bytes(),
-            &self.amount_minor.to_be_bytes(),
-            self.currency.as_bytes(),
-        ])
-    }
-}
-
 /// Authorizes `request` (already validated) through `provider`, at most once per key and
 /// per order, in recovery points, because the provider call in the middle cannot be rolled
 /// back:
@@ -203,15 +153,15 @@ impl AuthorizeRequest {
 /// 2. the provider is asked, with the idempotency key, so asking again after a crash returns
 ///    the same answer and never holds funds twice;
 /// 3. the decision is recorded on `finish`, the caller's final transaction, in which the
-///    caller also stores the reply ([`Lease::complete`]) and, for Kafka, the inbox row and
-///    the reply event.
+///    caller also stores the reply ([`Lease::complete`]).
 ///
 /// A retry after a crash in step 2 or 3 takes the key over at `payment_created` and resumes
 /// at step 2.
 ///
 /// [`decide`] and [`record`] are the two halves, for a caller that should open its final
-/// transaction only once the provider has answered (the gRPC door: holding a connection
-/// idle across the provider call would let a burst of requests exhaust the pool).
+/// transaction only once the provider has answered, as both doors do: holding a connection
+/// idle across the provider call would let a burst of gRPC requests exhaust the pool, and
+/// deadlock it under the Kafka door, whose inbox transaction already holds one.
 pub async fn authorize<P: PaymentProvider>(
     pool: &PgPool,
     provider: &P,
@@ -301,6 +251,7 @@ pub async fn decide<P: PaymentProvider>(
     let decision = provider
         .authorize(ProviderRequest {
             idempotency_key: &request.idempotency_key,
+            order_id: request.order_id,
             amount_minor: request.amount_minor,
             currency: &request.currency,
         })
@@ -440,132 +391,5 @@ async fn record_decision(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request() -> AuthorizeRequest {
-        AuthorizeRequest {
-            idempotency_key: "order-1:authorize".into(),
-            order_id: Uuid::nil(),
-            customer_id: "c-1".into(),
-            amount_minor: 100,
-            currency: "EUR".into(),
-        }
-    }
-
-    #[test]
-    fn validation_names_each_broken_rule() {
-        assert_eq!(request().validate(), Ok(()));
-        let cases = [
-            (
-                AuthorizeRequest {
-                    idempotency_key: String::new(),
-                    ..request()
-                },
-                "idempotency_key",
-            ),
-            (
-                AuthorizeRequest {
-                    idempotency_key: "a/b".into(),
-                    ..request()
-                },
-                "may only contain",
-            ),
-            (
-                AuthorizeRequest {
-                    idempotency_key: "\"k-1\"".into(),
-                    ..request()
-                },
-                "quoted",
-            ),
-            (
-                AuthorizeRequest {
-                    idempotency_key: "k".repeat(faultline_idempotency::MAX_KEY_LEN + 1),
-                    ..request()
-                },
-                "idempotency_key",
-            ),
-            (
-                AuthorizeRequest {
-                    customer_id: " ".into(),
-                    ..request()
-                },
-                "customer_id",
-            ),
-            (
-                AuthorizeRequest {
-                    amount_minor: -1,
-                    ..request()
-                },
-                "negative",
-            ),
-            (
-                AuthorizeRequest {
-                    currency: "eur".into(),
-                    ..request()
-                },
-                "currency",
-            ),
-        ];
-        for (case, expected) in cases {
-            let error = case.validate().unwrap_err();
-            assert!(
-                error.contains(expected),
-                "{error} should mention {expected}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_replay_with_other_parameters_is_key_reuse() {
-        let stored = Payment {
-            id: Uuid::nil(),
-            order_id: Uuid::nil(),
-            customer_id: "c-1".into(),
-            amount_minor: 100,
-            currency: "EUR".into(),
-            status: PaymentStatus::Authorized,
-            decline_reason: None,
-        };
-        let different = AuthorizeRequest {
-            amount_minor: 999,
-            ..request()
-        };
-        assert!(matches!(
-            stored.replay(&different),
-            Err(PaymentError::KeyReused(_))
-        ));
-    }
-
-    #[test]
-    fn a_replay_tells_what_became_of_the_payment() {
-        let stored = |status| Payment {
-            id: Uuid::nil(),
-            order_id: Uuid::nil(),
-            customer_id: "c-1".into(),
-            amount_minor: 100,
-            currency: "EUR".into(),
-            status,
-            decline_reason: None,
-        };
-        let payment_id = Uuid::nil();
-        assert_eq!(
-            stored(PaymentStatus::Captured).replay(&request()).unwrap(),
-            Authorization::Captured { payment_id }
-        );
-        assert_eq!(
-            stored(PaymentStatus::Voided).replay(&request()).unwrap(),
-            Authorization::Voided { payment_id }
-        );
-        assert_eq!(
-            stored(PaymentStatus::Authorized)
-                .replay(&request())
-                .unwrap(),
-            Authorization::Authorized { payment_id }
-        );
-        assert!(matches!(
-            stored(PaymentStatus::Pending).replay(&request()),
-            Err(PaymentError::InProgress(_))
-        ));
-    }
-}
+#[path = "payments_tests.rs"]
+mod tests;

@@ -44,16 +44,32 @@ impl fmt::Display for PaymentStatus {
     }
 }
 
+/// A provider call a payment waits for (migration 0006): written, and committed, before the
+/// provider is asked, and cleared by the local write its answer makes. A retry after a crash
+/// in between finds it and asks again under the same key, so the provider acts once and
+/// payments never forgets that it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub(crate) enum Settling {
+    /// A capture of the authorized payment's hold.
+    Capture,
+    /// The release of a voided payment's hold.
+    Void,
+}
+
 /// A payment: a row of `payments` with its terms.
 #[derive(Debug)]
 pub(crate) struct Payment {
     pub(crate) id: Uuid,
     pub(crate) order_id: Uuid,
+    /// The authorization's key, which also names its hold at the provider.
+    pub(crate) idempotency_key: String,
     pub(crate) customer_id: String,
     pub(crate) amount_minor: i64,
     pub(crate) currency: String,
     pub(crate) status: PaymentStatus,
     pub(crate) decline_reason: Option<String>,
+    pub(crate) settling: Option<Settling>,
 }
 
 /// What `payments` holds for an order.
@@ -84,28 +100,38 @@ impl Stored {
 struct Row {
     id: Uuid,
     order_id: Uuid,
+    idempotency_key: Option<String>,
     customer_id: Option<String>,
     amount_minor: Option<i64>,
     currency: Option<String>,
     status: PaymentStatus,
     decline_reason: Option<String>,
+    settling: Option<Settling>,
 }
 
 impl Row {
     fn into_stored(self) -> Result<Stored, PaymentError> {
-        match (self.customer_id, self.amount_minor, self.currency) {
-            (Some(customer_id), Some(amount_minor), Some(currency)) => {
+        let terms = (
+            self.idempotency_key,
+            self.customer_id,
+            self.amount_minor,
+            self.currency,
+        );
+        match terms {
+            (Some(idempotency_key), Some(customer_id), Some(amount_minor), Some(currency)) => {
                 Ok(Stored::Payment(Payment {
                     id: self.id,
                     order_id: self.order_id,
+                    idempotency_key,
                     customer_id,
                     amount_minor,
                     currency,
                     status: self.status,
                     decline_reason: self.decline_reason,
+                    settling: self.settling,
                 }))
             }
-            (None, None, None) if self.status == PaymentStatus::Voided => {
+            (None, None, None, None) if self.status == PaymentStatus::Voided => {
                 Ok(Stored::Tombstone { id: self.id })
             }
             _ => Err(PaymentError::Corrupt(format!(
@@ -132,7 +158,8 @@ pub(crate) async fn by_key(
     key: &str,
 ) -> Result<Option<Payment>, PaymentError> {
     let row: Option<Row> = sqlx::query_as(
-        "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
+        "SELECT id, order_id, idempotency_key, customer_id, amount_minor, currency, status,
+                decline_reason, settling
          FROM payments WHERE idempotency_key = $1",
     )
     .bind(key)
@@ -144,7 +171,8 @@ pub(crate) async fn by_key(
 /// The payment with `id`.
 pub(crate) async fn by_id(conn: &mut PgConnection, id: Uuid) -> Result<Payment, PaymentError> {
     let row: Row = sqlx::query_as(
-        "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
+        "SELECT id, order_id, idempotency_key, customer_id, amount_minor, currency, status,
+                decline_reason, settling
          FROM payments WHERE id = $1",
     )
     .bind(id)
@@ -161,11 +189,13 @@ pub(crate) async fn by_order(
 ) -> Result<Option<Stored>, PaymentError> {
     let query = match lock {
         Lock::ForUpdate => {
-            "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
+            "SELECT id, order_id, idempotency_key, customer_id, amount_minor, currency, status,
+                decline_reason, settling
              FROM payments WHERE order_id = $1 FOR UPDATE"
         }
         Lock::None => {
-            "SELECT id, order_id, customer_id, amount_minor, currency, status, decline_reason
+            "SELECT id, order_id, idempotency_key, customer_id, amount_minor, currency, status,
+                decline_reason, settling
              FROM payments WHERE order_id = $1"
         }
     };

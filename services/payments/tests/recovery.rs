@@ -213,14 +213,13 @@ async fn a_free_order_authorizes_and_captures_zero_with_a_balanced_ledger() {
         "nothing to hold, so the provider is not asked"
     );
 
-    let mut tx = pool.begin().await.unwrap();
-    let capture = domain::capture(&mut tx, order_id).await.unwrap();
-    tx.commit().await.unwrap();
+    let capture = domain::capture(&pool, &provider, order_id).await.unwrap();
     assert_eq!(capture.amount_minor, 0);
     let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_entries")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(entries, 0, "a zero capture books nothing");
+    assert_eq!(provider.captures(), 0, "nor asks the provider to capture");
     db.drop().await.unwrap();
 }

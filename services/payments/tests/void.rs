@@ -1,5 +1,6 @@
 //! A void is final for its order, against a real Postgres: whatever the order's payment was
-//! doing (nothing yet, half done, done), no authorization after the void holds funds.
+//! doing (nothing yet, half done, done), no authorization after the void holds funds, and a
+//! hold the provider placed before the void is released.
 
 // Helpers panic on failure: in a test, that is the report.
 #![allow(clippy::unwrap_used)]
@@ -70,11 +71,12 @@ async fn authorize(
     answer
 }
 
-async fn void(pool: &PgPool, order_id: Uuid) -> Result<(), PaymentError> {
-    let mut tx = pool.begin().await.unwrap();
-    domain::void(&mut tx, order_id).await?;
-    tx.commit().await.unwrap();
-    Ok(())
+async fn void(
+    pool: &PgPool,
+    provider: &SimulatedProvider,
+    order_id: Uuid,
+) -> Result<(), PaymentError> {
+    domain::void(pool, provider, order_id).await
 }
 
 async fn authorized_rows(pool: &PgPool, order_id: Uuid) -> i64 {
@@ -106,7 +108,7 @@ async fn a_void_before_any_payment_refuses_the_late_authorization() {
     let order_id = Uuid::now_v7();
 
     // The saga gave up on payments and voided; its AuthorizePayment arrives afterwards.
-    void(&db.pool, order_id).await.unwrap();
+    void(&db.pool, &provider, order_id).await.unwrap();
     let answer = authorize(&keys, &provider, &request(order_id)).await;
 
     assert!(
@@ -120,7 +122,7 @@ async fn a_void_before_any_payment_refuses_the_late_authorization() {
     assert_eq!(authorized_rows(&db.pool, order_id).await, 0);
     assert_eq!(provider.holds(), 0, "the provider was asked to hold funds");
     // Voiding again changes nothing.
-    void(&db.pool, order_id).await.unwrap();
+    void(&db.pool, &provider, order_id).await.unwrap();
     db.drop().await.unwrap();
 }
 
@@ -151,7 +153,7 @@ async fn a_void_of_a_pending_payment_wins_over_its_resumption() {
     drop(lease);
 
     // The order is cancelled meanwhile and its payment voided.
-    void(&pool, order_id).await.unwrap();
+    void(&pool, &provider, order_id).await.unwrap();
 
     // The client retries once the lease ran out; the retry resumes at the recovery point.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -165,6 +167,12 @@ async fn a_void_of_a_pending_payment_wins_over_its_resumption() {
         "{answer:?}"
     );
     assert_eq!(authorized_rows(&pool, order_id).await, 0);
+    assert_eq!(
+        provider.open_holds(),
+        vec![],
+        "the hold the first attempt placed was left at the provider"
+    );
+    assert_eq!((provider.holds(), provider.releases()), (1, 1));
     db.drop().await.unwrap();
 }
 
@@ -179,7 +187,7 @@ async fn a_redriven_authorization_of_a_voided_payment_is_not_authorized() {
 
     let first = authorize(&keys, &provider, &request).await.unwrap();
     assert!(matches!(first, Authorization::Authorized { .. }));
-    void(&pool, order_id).await.unwrap();
+    void(&pool, &provider, order_id).await.unwrap();
 
     // An operator re-drives the parked command a day later: its key has expired.
     expire_key(&pool, &request.idempotency_key).await;
@@ -208,6 +216,8 @@ async fn a_redriven_authorization_of_a_voided_payment_is_not_authorized() {
         "{answer:?}"
     );
     assert_eq!(authorized_rows(&pool, order_id).await, 0);
+    assert_eq!((provider.holds(), provider.releases()), (1, 1));
+    assert_eq!(provider.open_holds(), vec![]);
     db.drop().await.unwrap();
 }
 
@@ -232,12 +242,17 @@ async fn a_void_during_the_provider_call_wins_over_the_decision() {
     let decided = domain::decide(&pool, &provider, &mut lease, &request)
         .await
         .unwrap();
-    void(&pool, order_id).await.unwrap();
+    void(&pool, &provider, order_id).await.unwrap();
     let mut tx = pool.begin().await.unwrap();
     let answer = domain::record(&mut tx, decided).await.unwrap();
     tx.commit().await.unwrap();
 
     assert!(matches!(answer, Authorization::Voided { .. }), "{answer:?}");
     assert_eq!(authorized_rows(&pool, order_id).await, 0);
+    assert_eq!(
+        provider.open_holds(),
+        vec![],
+        "the hold placed during the void was left at the provider"
+    );
     db.drop().await.unwrap();
 }
