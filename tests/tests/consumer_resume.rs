@@ -32,7 +32,18 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
-    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+    type Prepared = ();
+
+    async fn prepare(&self, _: &Incoming) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message: &Incoming,
+        (): (),
+    ) -> Result<(), HandlerError> {
         sqlx::query(r#"INSERT INTO seen (payload, run, "offset") VALUES ($1, $2, $3)"#)
             .bind(String::from_utf8_lossy(&message.payload).into_owned())
             .bind(self.run)

@@ -86,7 +86,18 @@ struct Counting {
 }
 
 impl Handler for Counting {
-    async fn handle(&self, _tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+    type Prepared = ();
+
+    async fn prepare(&self, _: &Incoming) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        message: &Incoming,
+        (): (),
+    ) -> Result<(), HandlerError> {
         self.entered.fetch_add(1, Ordering::SeqCst);
         if self.hang_once.swap(false, Ordering::SeqCst) {
             std::future::pending::<()>().await;

@@ -154,7 +154,18 @@ struct Slow {
 }
 
 impl Handler for Slow {
-    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+    type Prepared = ();
+
+    async fn prepare(&self, _: &Incoming) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message: &Incoming,
+        (): (),
+    ) -> Result<(), HandlerError> {
         tokio::time::sleep(Duration::from_millis(2)).await;
         sqlx::query(r#"INSERT INTO arrivals (partition, "offset", payload) VALUES ($1, $2, $3)"#)
             .bind(message.partition)

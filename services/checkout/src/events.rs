@@ -92,7 +92,18 @@ fn saga_event(envelope: &Envelope) -> Result<Event, HandlerError> {
 }
 
 impl Handler for EventHandler {
-    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+    type Prepared = ();
+
+    async fn prepare(&self, _: &Incoming) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message: &Incoming,
+        (): (),
+    ) -> Result<(), HandlerError> {
         let envelope = open_envelope(message)?;
         match Received::from_envelope(&envelope)? {
             Received::ProductChanged { sku } => self.product_changed(&sku).await,

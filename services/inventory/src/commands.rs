@@ -66,7 +66,18 @@ impl Command {
 }
 
 impl Handler for CommandHandler {
-    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+    type Prepared = ();
+
+    async fn prepare(&self, _: &Incoming) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message: &Incoming,
+        (): (),
+    ) -> Result<(), HandlerError> {
         let envelope = open_envelope(message)?;
         let order_id = aggregate_uuid(&envelope)?;
         let order = order_id.to_string();

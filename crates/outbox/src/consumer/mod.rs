@@ -153,16 +153,36 @@ pub enum HandlerError {
     Database(#[from] sqlx::Error),
 }
 
-/// Applies one record's effect inside the transaction it is given.
+/// Applies one record's effect, in two steps.
 ///
-/// The handler must do all its writes on `tx` and nothing irreversible outside it; the loop
-/// commits. Replies go through [`crate::enqueue`] on the same `tx`.
+/// 1. [`Handler::prepare`] runs first, with no transaction open and no connection held: the
+///    place for a call to another system (a payment provider). It may run more than once
+///    for one record (a redelivery, a retry, a duplicate that step 2 then skips), so it must
+///    be idempotent by the record, with its own recovery points if it writes. Most handlers
+///    need nothing here: `type Prepared = ()`.
+/// 2. [`Handler::handle`] gets what `prepare` returned and the record's transaction, which
+///    also holds its inbox row. It must do all its writes on `tx` and nothing irreversible
+///    outside it; the loop commits. Replies go through [`crate::enqueue`] on the same `tx`.
+///
+/// The split is what keeps a slow dependency from holding a pooled connection per lane:
+/// with as many busy partitions as connections, a handler that called out inside `tx` and
+/// needed a second connection would deadlock the pool.
 pub trait Handler: Send + Sync {
+    /// What `prepare` found out, for `handle`.
+    type Prepared: Send;
+
+    /// The record's work outside the database (see the trait docs).
+    fn prepare(
+        &self,
+        message: &Incoming,
+    ) -> impl Future<Output = Result<Self::Prepared, HandlerError>> + Send;
+
     /// Processes `message` on `tx`.
     fn handle(
         &self,
         tx: &mut PgConnection,
         message: &Incoming,
+        prepared: Self::Prepared,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 

@@ -64,6 +64,8 @@ impl<H: Handler> Worker<H> {
     }
 
     async fn process(&self, incoming: &Incoming) -> Result<(), HandlerError> {
+        // First what holds no connection (a call to another system), then the transaction.
+        let prepared = guard(&self.stats, self.handler.prepare(incoming)).await?;
         let mut tx = self.pool.begin().await?;
         let first_time = inbox::claim(
             &mut tx,
@@ -79,23 +81,12 @@ impl<H: Handler> Worker<H> {
             ConsumerStats::bump(&self.stats.duplicates);
             return Ok(());
         }
-        // A panicking handler is a bug that this record trips: the record is parked with the
-        // panic's message (retrying would trip it again) and the lane goes on with the next
-        // one, instead of dying and silently taking the partition with it. The transaction
-        // is dropped, so whatever the handler wrote is rolled back.
-        let handled = AssertUnwindSafe(self.handler.handle(&mut tx, incoming))
-            .catch_unwind()
-            .await;
-        match handled {
-            Ok(result) => result?,
-            Err(panic) => {
-                ConsumerStats::bump(&self.stats.panics);
-                return Err(HandlerError::Permanent(format!(
-                    "the handler panicked: {}",
-                    panic_message(panic.as_ref())
-                )));
-            }
-        }
+        // The transaction is dropped on any error, so whatever the handler wrote rolls back.
+        guard(
+            &self.stats,
+            self.handler.handle(&mut tx, incoming, prepared),
+        )
+        .await?;
         tx.commit().await?;
         ConsumerStats::bump(&self.stats.processed);
         Ok(())
@@ -190,6 +181,25 @@ impl<H: Handler> Worker<H> {
         tokio::select! {
             _ = self.shutdown.cancelled() => Err(Interrupted),
             _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+}
+
+/// Runs one step of the handler. A panic is a bug that this record trips: the record is
+/// parked with the panic's message (retrying would trip it again) and the lane goes on with
+/// the next one, instead of dying and silently taking the partition with it.
+async fn guard<T>(
+    stats: &ConsumerStats,
+    step: impl Future<Output = Result<T, HandlerError>>,
+) -> Result<T, HandlerError> {
+    match AssertUnwindSafe(step).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            ConsumerStats::bump(&stats.panics);
+            Err(HandlerError::Permanent(format!(
+                "the handler panicked: {}",
+                panic_message(panic.as_ref())
+            )))
         }
     }
 }

@@ -1,8 +1,6 @@
 //! The Kafka door into [`payments::authorize`](crate::payments::authorize): the same key
-//! scope, fingerprint and phases as gRPC, run as [detached](super::detached) work so the
-//! inbox transaction is not held across the provider call.
-
-use std::sync::Arc;
+//! scope, fingerprint and phases as gRPC, run in the handler's `prepare` step so that no
+//! inbox transaction is open across the provider call.
 
 use faultline_idempotency::{Claim, IdempotencyKey, Store};
 use faultline_outbox::consumer::HandlerError;
@@ -19,9 +17,9 @@ use crate::provider::PaymentProvider;
 /// Claims the request's key and, if this attempt owns it, authorizes to the end; a key
 /// already completed answers with its stored reply.
 pub(super) async fn authorize<P: PaymentProvider>(
-    pool: PgPool,
-    provider: Arc<P>,
-    keys: Store,
+    pool: &PgPool,
+    provider: &P,
+    keys: &Store,
     request: AuthorizeRequest,
 ) -> Result<Authorization, HandlerError> {
     let key = IdempotencyKey::parse(&request.idempotency_key)
@@ -48,7 +46,7 @@ pub(super) async fn authorize<P: PaymentProvider>(
             )));
         }
     };
-    Ok(authorize_owned(&pool, provider.as_ref(), lease, &request).await?)
+    Ok(authorize_owned(pool, provider, lease, &request).await?)
 }
 
 /// Reads a stored reply back into the domain's answer.

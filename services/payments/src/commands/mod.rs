@@ -1,9 +1,9 @@
-//! The Kafka adapter: payment commands in, payment events out. Each reply commits with the
-//! command's inbox row; what asks the payment provider runs [detached](detached) from that
-//! transaction, so no connection is held across a provider call.
+//! The Kafka adapter: payment commands in, payment events out. What asks the payment
+//! provider runs in the handler's `prepare` step, before the command's inbox transaction
+//! opens, so no connection is held across a provider call; the reply then commits with the
+//! command's inbox row.
 
 mod authorize;
-mod detached;
 
 use std::sync::Arc;
 
@@ -18,7 +18,6 @@ use uuid::Uuid;
 
 use crate::payments::{self, Authorization, AuthorizeRequest, Capture, PaymentError};
 use crate::provider::PaymentProvider;
-use detached::Detached;
 
 /// Service name written into every envelope payments sends.
 pub const PRODUCER: &str = "payments";
@@ -30,9 +29,6 @@ pub struct CommandHandler<P> {
     provider: Arc<P>,
     pool: PgPool,
     keys: Store,
-    authorizations: Detached<Authorization>,
-    captures: Detached<Capture>,
-    voids: Detached<()>,
 }
 
 impl<P> CommandHandler<P> {
@@ -45,9 +41,6 @@ impl<P> CommandHandler<P> {
             provider,
             pool,
             keys,
-            authorizations: Detached::new("authorization"),
-            captures: Detached::new("capture"),
-            voids: Detached::new("void"),
         }
     }
 }
@@ -106,36 +99,75 @@ impl Command {
     }
 }
 
+/// What a command came to once the provider has been asked: all the reply needs.
+#[derive(Debug)]
+pub enum Done {
+    /// `AuthorizePayment`'s answer.
+    Authorization(Authorization),
+    /// `VoidPayment` is final for the order.
+    Voided,
+    /// `CapturePayment` moved the money.
+    Captured(Capture),
+}
+
+/// A command's envelope (its reply is addressed from it) and what it came to.
+#[derive(Debug)]
+pub struct Prepared {
+    envelope: Envelope,
+    order_id: Uuid,
+    done: Done,
+}
+
 impl<P: PaymentProvider + 'static> Handler for CommandHandler<P> {
-    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+    type Prepared = Prepared;
+
+    /// Asks the provider, holding no connection across the call: each operation commits
+    /// its recovery point first and finishes in a transaction of its own, with a key the
+    /// provider deduplicates on, so running it again for a redelivered command resumes or
+    /// finds it done and gives the same answer.
+    async fn prepare(&self, message: &Incoming) -> Result<Prepared, HandlerError> {
         let envelope = open_envelope(message)?;
         let order_id = aggregate_uuid(&envelope)?;
-        let order = order_id.to_string();
-        let reply = Reply::to(&envelope, &self.events_topic, PRODUCER);
+        let provider = self.provider.as_ref();
+        let done = match Command::from_envelope(&envelope, order_id)? {
+            Command::Authorize(request) => Done::Authorization(
+                authorize::authorize(&self.pool, provider, &self.keys, request).await?,
+            ),
+            Command::Void => {
+                payments::void(&self.pool, provider, order_id).await?;
+                Done::Voided
+            }
+            Command::Capture => {
+                Done::Captured(payments::capture(&self.pool, provider, order_id).await?)
+            }
+        };
+        Ok(Prepared {
+            envelope,
+            order_id,
+            done,
+        })
+    }
 
-        match Command::from_envelope(&envelope, order_id)? {
-            Command::Authorize(request) => {
-                let (pool, provider, keys) =
-                    (self.pool.clone(), self.provider.clone(), self.keys.clone());
-                let authorization = self.authorizations.poll(&message.event_id, || {
-                    authorize::authorize(pool, provider, keys, request)
-                })?;
+    /// The reply, which commits with the command's inbox row.
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        _: &Incoming,
+        prepared: Prepared,
+    ) -> Result<(), HandlerError> {
+        let reply = Reply::to(&prepared.envelope, &self.events_topic, PRODUCER);
+        let order_id = prepared.order_id;
+        let order = order_id.to_string();
+        match prepared.done {
+            Done::Authorization(authorization) => {
                 answer_authorization(tx, reply, order_id, authorization).await?;
             }
-            Command::Void => {
-                let (pool, provider) = (self.pool.clone(), self.provider.clone());
-                self.voids.poll(&message.event_id, || async move {
-                    Ok(payments::void(&pool, provider.as_ref(), order_id).await?)
-                })?;
+            Done::Voided => {
                 reply
                     .send(tx, &pb::PaymentVoided { order_id: order })
                     .await?;
             }
-            Command::Capture => {
-                let (pool, provider) = (self.pool.clone(), self.provider.clone());
-                let capture = self.captures.poll(&message.event_id, || async move {
-                    Ok(payments::capture(&pool, provider.as_ref(), order_id).await?)
-                })?;
+            Done::Captured(capture) => {
                 let event = pb::PaymentCaptured {
                     order_id: order,
                     payment_id: capture.payment_id.to_string(),
