@@ -313,3 +313,110 @@ async fn a_handler_that_panics_parks_its_record_and_the_partition_goes_on() {
     running.task.await.unwrap();
     db.drop().await.unwrap();
 }
+
+/// Accepts an event id once; a second delivery of it fails for good in `prepare`, as a
+/// redelivered command can (a provider that refuses to repeat itself, say).
+#[derive(Clone, Default)]
+struct RefusesRepeats {
+    seen: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Handler for RefusesRepeats {
+    type Prepared = ();
+
+    async fn prepare(&self, message: &Incoming) -> Result<(), HandlerError> {
+        let first = self.seen.lock().unwrap().insert(message.event_id.clone());
+        if first {
+            Ok(())
+        } else {
+            Err(HandlerError::Permanent("seen before".into()))
+        }
+    }
+
+    async fn handle(&self, _: &mut PgConnection, _: &Incoming, (): ()) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_redelivery_of_a_finished_record_is_a_duplicate_not_a_parked_record() {
+    let db = database().await;
+    let topic = unique("wd-repeat").replace('_', ".");
+    ensure_topics(
+        &kafka_brokers(),
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: 1,
+            replication_factor: 1,
+        }],
+    )
+    .await
+    .unwrap();
+    // The same event twice, as a relay that lost its lock session mid-round sends it.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .unwrap();
+    for _ in 0..2 {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "id",
+                value: Some("event-1"),
+            })
+            .insert(Header {
+                key: "type",
+                value: Some("test.Step"),
+            });
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&topic)
+                    .payload("1")
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    let group = unique("wd-repeat");
+    let mut settings = ConsumerSettings::new(&group, vec![topic.clone()], format!("{topic}.dlq"));
+    settings.base_backoff = Duration::from_millis(10);
+    let stats = settings.stats.clone();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consumer::run(
+        consumer_config(&kafka_brokers(), &group, "repeat-test"),
+        ConsumerObserver::default(),
+        db.pool.clone(),
+        RefusesRepeats::default(),
+        settings,
+        shutdown.clone(),
+    ));
+    eventually(
+        Duration::from_secs(60),
+        "both deliveries are finished",
+        || {
+            let done = stats.snapshot();
+            done.processed + done.duplicates + done.parked >= 2
+        },
+    )
+    .await;
+    let done = stats.snapshot();
+    assert_eq!(
+        (done.processed, done.duplicates, done.parked),
+        (1, 1, 0),
+        "the second delivery found the record finished: {done:?}"
+    );
+    let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = $1")
+        .bind(format!("{topic}.dlq"))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        dead_letters, 0,
+        "nothing finished is sent to the dead-letter topic"
+    );
+
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    db.drop().await.unwrap();
+}

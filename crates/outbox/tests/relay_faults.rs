@@ -40,17 +40,21 @@ async fn a_relay_whose_lock_session_was_killed_publishes_nothing_from_slots_a_ne
 
     // Its lock session dies (a failover, an operator, a pooler reset); a newcomer starts and
     // locks the free slots while the old relay's heartbeat still counts.
-    let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks
+    let holder: i32 = sqlx::query_scalar(
+        "SELECT DISTINCT pid FROM pg_locks
          WHERE locktype = 'advisory' AND objsubid = 2 AND database =
-               (SELECT oid FROM pg_database WHERE datname = current_database())
-         GROUP BY pid",
+               (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
-    .fetch_all(&db.pool)
+    .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(killed, vec![true]);
-    let mut newcomer = relay(&db.pool, fast_relays());
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
+        .bind(holder)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(killed, "the lock session's backend is gone");
+    let mut newcomer = relay(&db.pool, steady);
     newcomer.rebalance().await.unwrap();
     assert_eq!(
         newcomer.owned_slots().len(),
@@ -88,7 +92,13 @@ async fn a_relay_whose_lock_session_was_killed_publishes_nothing_from_slots_a_ne
     old.drain().await.unwrap();
     newcomer.drain().await.unwrap();
     let holders = slot_holders(&db.pool).await;
-    assert_eq!(holders.values().sum::<i64>(), 64, "{holders:?}");
+    assert_eq!(
+        holders.values().sum::<i64>(),
+        64,
+        "{holders:?}; old owns {:?}, newcomer owns {:?}",
+        old.owned_slots(),
+        newcomer.owned_slots()
+    );
     assert_eq!(backlog(&db.pool).await.unwrap().pending, 0);
 
     let mut copies: HashMap<String, usize> = HashMap::new();
