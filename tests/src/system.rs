@@ -602,8 +602,19 @@ impl System {
         crate::provider_books::check(&provider, &checkout, &payments).await
     }
 
-    /// Stops the processes and removes the system's databases and logs.
-    pub async fn teardown(mut self) -> anyhow::Result<()> {
+    /// Ends every test that starts a system: waits for its sagas to settle, checks the
+    /// invariants ([`System::check_invariants`], whatever the test did), then stops the
+    /// processes and removes the system's databases and logs. A test that broke an invariant
+    /// fails here even if it asserted nothing about money or stock itself.
+    pub async fn teardown(self) -> anyhow::Result<()> {
+        self.wait_until_settled(Duration::from_secs(120)).await?;
+        self.check_invariants(&BTreeMap::new()).await?;
+        self.discard().await
+    }
+
+    /// Stops the processes and removes the system's databases and logs without checking
+    /// anything, for a test whose system is left broken on purpose.
+    pub async fn discard(mut self) -> anyhow::Result<()> {
         for service in Service::ALL {
             self.stop(service, Signal::Term).await?;
         }
