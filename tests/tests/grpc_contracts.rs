@@ -127,7 +127,9 @@ async fn authorize_is_idempotent_per_key_and_refuses_misuse() -> anyhow::Result<
         "only the first authorization and the decline were stored"
     );
 
-    system.teardown().await
+    // This test plays checkout without a saga: its authorization belongs to no order, so
+    // the end-of-test invariants (nothing left authorized) do not apply to it.
+    system.discard().await
 }
 
 #[tokio::test(flavor = "multi_thread")]
