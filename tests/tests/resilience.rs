@@ -302,8 +302,8 @@ async fn an_order_stuck_past_the_request_deadline_answers_504_and_writes_nothing
                 .await?;
         assert_eq!(rows, 0, "{table} has rows from the abandoned request");
     }
-    // And the key is not lost: once the abandoned request's lease is given back (or runs
-    // out), the same request goes through, once.
+    // And the key is not lost: the abandoned request gives it back (the idempotency layer
+    // does, when its future is dropped), so the same request goes through, once.
     let mut retried = system.client.post_order_patiently(&body, &key).await?;
     let started = Instant::now();
     while retried.status == StatusCode::CONFLICT && started.elapsed() < Duration::from_secs(30) {

@@ -244,7 +244,13 @@ where
         lease: Arc::new(Mutex::new(Some(lease))),
     };
     parts.extensions.insert(handle.clone());
+    let abandoned = GiveBackIfAbandoned {
+        handle: handle.clone(),
+        pool: layer.store.pool().clone(),
+        armed: true,
+    };
     let response = call(&mut inner, Request::from_parts(parts, Body::from(bytes))).await;
+    let handle = abandoned.disarm();
 
     let Some(lease) = handle.lease.lock().await.take() else {
         return response; // completed by the handler, in its transaction
@@ -256,6 +262,44 @@ where
             tracing::warn!(%error, "could not release an idempotency key; it frees itself when its lease runs out");
         }
         response
+    }
+}
+
+/// Gives the key back when the request is dropped before it finished (a deadline above
+/// this layer, a client gone), as a handler's error would. Without it the key stays "in
+/// flight" until its lease runs out, and an immediate retry of a request that did nothing
+/// is told to wait.
+struct GiveBackIfAbandoned {
+    handle: IdempotencyLease,
+    pool: sqlx::PgPool,
+    armed: bool,
+}
+
+impl GiveBackIfAbandoned {
+    /// The request finished: the caller decides what becomes of the key.
+    fn disarm(mut self) -> IdempotencyLease {
+        self.armed = false;
+        self.handle.clone()
+    }
+}
+
+impl Drop for GiveBackIfAbandoned {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (handle, pool) = (self.handle.clone(), self.pool.clone());
+        // Drop cannot wait; the release is one short statement. Outside a runtime there is
+        // nothing to do but let the lease run out.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Some(lease) = handle.lease.lock().await.take()
+                    && let Err(error) = lease.release(&pool).await
+                {
+                    tracing::warn!(%error, "could not give back an abandoned request's key; it frees itself when its lease runs out");
+                }
+            });
+        }
     }
 }
 

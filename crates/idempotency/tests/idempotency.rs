@@ -460,6 +460,51 @@ async fn a_request_in_flight_gets_409_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_request_abandoned_mid_flight_gives_its_key_back() {
+    let db = TestDb::new().await;
+    let pause = Arc::new(Notify::new());
+    // A lease far longer than the test: only giving the key back frees it in time.
+    let config = IdempotencyConfig {
+        lease_ms: 600_000,
+        ..IdempotencyConfig::default()
+    };
+    let app = router(&db, config, Some(pause.clone()));
+
+    // The first request holds the key inside its transaction, and is abandoned there (a
+    // deadline above the layer drops it, as checkout's edge does).
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, request(Some("abandoned"), "{}")).await }
+    });
+    db.wait_for_open_transaction().await;
+    first.abort();
+    let _ = first.await;
+
+    // Its effect rolled back with it; the same request then goes through at once (the
+    // permit lets the retry's handler past the pause).
+    pause.notify_one();
+    let mut retried = send(&app, request(Some("abandoned"), "{}")).await;
+    for _ in 0..50 {
+        if retried.status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        retried = send(&app, request(Some("abandoned"), "{}")).await;
+    }
+    assert_eq!(
+        retried.status,
+        StatusCode::CREATED,
+        "the key was given back"
+    );
+    let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(effects, 1, "the abandoned request's effect rolled back");
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_identical_requests_make_one_effect_and_a_hundred_identical_answers() {
     let db = TestDb::new().await;
     let app = router(&db, IdempotencyConfig::default(), None);
@@ -507,12 +552,19 @@ async fn a_crash_between_the_effect_and_the_stored_response_leaves_one_effect() 
     doomed.abort();
     let _ = doomed.await;
 
-    // The effect rolled back with the transaction; the key waits out its lease.
+    // The effect rolled back with the transaction. The dropped request gives its key back
+    // (a process that really died cannot: its key waits out its lease, which
+    // `a_dead_owners_key_is_taken_over_at_its_recovery_point` covers); either way the
+    // retry goes through once.
     let healthy = router(&db, short_lease(), None);
-    let retry = send(&healthy, request(Some("crash-1"), r#"{"n":1}"#)).await;
-    assert_eq!(retry.status, StatusCode::CONFLICT);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let retry = send(&healthy, request(Some("crash-1"), r#"{"n":1}"#)).await;
+    let mut retry = send(&healthy, request(Some("crash-1"), r#"{"n":1}"#)).await;
+    for _ in 0..50 {
+        if retry.status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        retry = send(&healthy, request(Some("crash-1"), r#"{"n":1}"#)).await;
+    }
     assert_eq!(retry.status, StatusCode::CREATED);
     let replay = send(&healthy, request(Some("crash-1"), r#"{"n":1}"#)).await;
     assert_eq!(replay.body, retry.body);
