@@ -146,12 +146,20 @@ pub fn healthcheck(admin: SocketAddr, path: &str) -> Result<(), String> {
     stream
         .write_all(request.as_bytes())
         .map_err(|error| format!("cannot send the request: {error}"))?;
-    // The status line is all that is needed; a probe body is a few bytes.
+    // The status line is all that is needed. It may arrive in pieces (a server writes it as
+    // it formats it, and TCP keeps no message boundaries), so read until its end.
     let mut head = [0_u8; 64];
-    let read = stream
-        .read(&mut head)
-        .map_err(|error| format!("no answer: {error}"))?;
-    let answer = String::from_utf8_lossy(&head[..read]);
+    let mut filled = 0;
+    while filled < head.len() && !head[..filled].contains(&b'\n') {
+        let read = stream
+            .read(&mut head[filled..])
+            .map_err(|error| format!("no answer: {error}"))?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    let answer = String::from_utf8_lossy(&head[..filled]);
     let status = answer.split_whitespace().nth(1).unwrap_or("none");
     if status == "200" {
         Ok(())
@@ -224,7 +232,11 @@ mod tests {
                         Ok(read) => request.extend_from_slice(&chunk[..read]),
                     }
                 }
-                let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                // In two writes with a pause between, as a server under load may send it.
+                let _ = stream.write_all(b"HTTP/1.1 ");
+                let _ = stream.flush();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let _ = write!(stream, "{status}\r\ncontent-length: 0\r\n\r\n");
             }
         });
         assert_eq!(healthcheck(addr, "/ready"), Ok(()));
