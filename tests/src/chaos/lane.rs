@@ -168,8 +168,9 @@ async fn outcomes(
             "CANCELLED" => row.cancelled += 1,
             _ => continue,
         }
-        if code.is_some_and(|c| c.ends_with("_timeout")) {
+        if let Some(code) = code.filter(|c| c.ends_with("_timeout")) {
             row.timeouts += 1;
+            *row.timeout_codes.entry(code).or_default() += 1;
         }
         if during.contains(&id) {
             decided.push(Duration::from_millis(u64::try_from(millis).unwrap_or(0)));

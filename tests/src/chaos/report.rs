@@ -20,6 +20,8 @@ pub struct Row {
     pub cancelled: usize,
     /// Cancelled with a `*_timeout` code.
     pub timeouts: usize,
+    /// Those per code (`inventory_timeout`, `payment_timeout`).
+    pub timeout_codes: std::collections::BTreeMap<String, usize>,
     /// New violations of each kind found by the audit after this fault.
     pub lost: usize,
     /// See [`Row::lost`].
@@ -71,7 +73,7 @@ impl Report {
                 row.accepted,
                 row.confirmed,
                 row.cancelled,
-                row.timeouts,
+                timeouts(row),
                 row.lost,
                 row.doubled,
                 row.other,
@@ -93,6 +95,19 @@ impl Report {
         }
         out
     }
+}
+
+/// "0", or "26 (inventory 20, payment 6)".
+fn timeouts(row: &Row) -> String {
+    if row.timeouts == 0 {
+        return "0".to_owned();
+    }
+    let codes: Vec<String> = row
+        .timeout_codes
+        .iter()
+        .map(|(code, n)| format!("{} {n}", code.trim_end_matches("_timeout")))
+        .collect();
+    format!("{} ({})", row.timeouts, codes.join(", "))
 }
 
 fn seconds(duration: Duration) -> String {
