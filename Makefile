@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/faultline/target
 CARGO ?= cargo
 
 .PHONY: demo test down deps build credentials lint status deploy-check deploy-sync \
-	bench-outbox bench-auth bench-resilience bench-cache load load-tools
+	bench-outbox bench-auth bench-resilience bench-cache load load-tools chaos
 
 ## demo: start Postgres, Redis, the broker and the services; place three orders
 demo: deps build credentials
@@ -88,6 +88,14 @@ bench-resilience:
 ## seed's MD5 ring
 bench-cache: deps
 	$(CARGO) bench -p faultline-cache
+
+## chaos: the full chaos matrix (docs/resilience.md): every fault under steady load, healed,
+## drained and audited, on a Postgres, Redis and broker of its own (never the shared ones);
+## prints the table and writes .state/chaos/report.md. `make test` runs the short matrix.
+## Knobs: CHAOS_SEED=<n> replays a run; CHAOS_RATE, CHAOS_FAULT_SECS, CHAOS_STOP_SECS,
+## CHAOS_REDIS_SECS, CHAOS_LANES, CHAOS_FAULTS='kill -9,blackhole' (tests/src/chaos/mod.rs).
+chaos: deps build
+	CHAOS_MODE=full $(CARGO) test -p faultline-e2e --test chaos -- --nocapture
 
 ## load: release binaries, a fresh system (databases, topic prefix, credentials of its own),
 ## pgbench's commit ceiling, then open-loop orders; prints one table and writes

@@ -11,6 +11,7 @@
 //! [`Client`] is also what the demo (`src/bin/demo.rs`) uses against a running system.
 
 pub mod broker;
+pub mod chaos;
 mod client;
 pub mod collector;
 pub mod credentials;

@@ -80,6 +80,11 @@ pub struct Options {
     pub database_proxy: Option<Service>,
     /// More environment for one service: `(service, variable, value)`.
     pub extra_env: Vec<(Service, String, String)>,
+    /// A Postgres server of the test's own (`postgres://user@host:port`) instead of
+    /// `FAULTLINE_POSTGRES_URL`'s, for tests that restart it.
+    pub postgres_server: Option<String>,
+    /// Where one service reaches that server instead (a proxy the test owns in front of it).
+    pub database_servers: BTreeMap<Service, String>,
 }
 
 impl Default for Options {
@@ -91,6 +96,8 @@ impl Default for Options {
             brokers: None,
             database_proxy: None,
             extra_env: Vec::new(),
+            postgres_server: None,
+            database_servers: BTreeMap::new(),
         }
     }
 }
@@ -150,7 +157,10 @@ impl System {
     pub async fn start(options: Options) -> anyhow::Result<Self> {
         // With a counter: several systems start at once in one test binary.
         let run_id = faultline_testkit::unique("e2e");
-        let postgres_url = faultline_testkit::postgres_server();
+        let postgres_url = options
+            .postgres_server
+            .clone()
+            .unwrap_or_else(faultline_testkit::postgres_server);
         let brokers = options
             .brokers
             .clone()
@@ -192,7 +202,11 @@ impl System {
                 (Some(proxy), Some(proxied)) if proxied == service => {
                     format!("postgres://postgres@127.0.0.1:{}", proxy.port)
                 }
-                _ => postgres_url.clone(),
+                _ => options
+                    .database_servers
+                    .get(&service)
+                    .cloned()
+                    .unwrap_or_else(|| postgres_url.clone()),
             };
             let mut env = vec![
                 ("RUST_LOG".to_owned(), "info".to_owned()),
