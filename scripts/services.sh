@@ -44,7 +44,10 @@ start() {
       continue
     fi
     [ -x "$BIN/$service" ] || die "$BIN/$service is missing; build first (make build)"
-    "$BIN/$service" >>"$LOGS/$service.log" 2>&1 &
+    # One process per service here, so each is a static group member under a fixed name:
+    # after a crash, the restarted process takes its partitions back on its first join.
+    env "${service^^}_KAFKA__GROUP_INSTANCE_ID=$service-0" "$BIN/$service" \
+      >>"$LOGS/$service.log" 2>&1 &
     echo $! >"$STATE/$service.pid"
     say "$service: started (pid $!, log $LOGS/$service.log)"
   done

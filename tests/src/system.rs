@@ -224,6 +224,12 @@ impl System {
                     format!("{prefix}_KAFKA__TOPIC_PREFIX"),
                     topic_prefix.clone(),
                 ),
+                // One process per service, restarted under the same name: a static member
+                // that takes its partitions back after a kill, as a supervisor's would.
+                (
+                    format!("{prefix}_KAFKA__GROUP_INSTANCE_ID"),
+                    format!("{}-{run_id}", service.name()),
+                ),
             ];
             env.extend(credentials.service_env(prefix, service.name()));
             if let Some(endpoint) = &options.otlp_endpoint {

@@ -50,8 +50,9 @@ pub fn consumer_config(brokers: &str, group_id: &str, client_id: &str) -> Client
         .set("auto.offset.reset", "earliest")
         // A crashed member is noticed after this long and its partitions move on. 30 s, not
         // the 6 s minimum: a broker that stalls longer than the session (tansu's storage
-        // task under load does, docs/notes/broker.md) evicts healthy members, and a
-        // restarted process still gets its partitions back at once when it leaves cleanly.
+        // task under load does, docs/notes/broker.md) evicts healthy members. A restarted
+        // process gets its partitions back at once when it left cleanly, or, as a static
+        // member (`group.instance.id`, set by the caller), when it crashed.
         .set("session.timeout.ms", "30000")
         .set("heartbeat.interval.ms", "3000")
         // Incremental rebalances: members keep what they own while the group changes, and a

@@ -185,6 +185,15 @@ pub struct KafkaSettings {
     /// re-reads every topic from the start and every record is found there and skipped:
     /// the way to replay a topic, or to prove that a replay changes nothing.
     pub consumer_group: String,
+    /// This replica's static group membership (`group.instance.id`; empty, the default: a
+    /// dynamic member). A static member that crashes and starts again under the same id
+    /// takes its old membership and partitions back on its first join, instead of waiting
+    /// for the broker to expire the dead member's session (30 s) and then rebalancing. The
+    /// price: it never leaves the group, even when it stops cleanly, so a replica that goes
+    /// away for good holds its partitions until its session expires. Set it only to a name
+    /// that survives a process restart and that no other live process has: two processes
+    /// with one id fence each other.
+    pub group_instance_id: String,
 }
 
 impl Default for KafkaSettings {
@@ -196,6 +205,7 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             consumer_stall_ms: 45_000,
             consumer_group: String::new(),
+            group_instance_id: String::new(),
         }
     }
 }

@@ -205,8 +205,12 @@ impl Messaging {
             stats: settings.stats.clone(),
             state: group_state.clone(),
         });
+        let mut client_config = consumer_config(&kafka.brokers, &group, wiring.service);
+        if !kafka.group_instance_id.is_empty() {
+            client_config.set("group.instance.id", &kafka.group_instance_id);
+        }
         let consumer = tokio::spawn(consumer::run(
-            consumer_config(&kafka.brokers, &group, wiring.service),
+            client_config,
             observer,
             life.pool.clone(),
             handler,

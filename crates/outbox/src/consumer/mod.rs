@@ -258,9 +258,10 @@ enum Ended {
 /// watchdog replaces the member. On shutdown the loop stops fetching, every partition lane
 /// finishes the record in hand (one still waiting on a retry is left for redelivery, as are
 /// records queued behind it), stored offsets are committed synchronously, and the consumer
-/// leaves its group.
+/// leaves its group (unless it is a static member, `group.instance.id`: that one keeps its
+/// membership for the process that starts next under the same id).
 pub async fn run<H: Handler + 'static>(
-    config: ClientConfig,
+    mut config: ClientConfig,
     observer: ConsumerObserver,
     pool: PgPool,
     handler: H,
@@ -277,7 +278,15 @@ pub async fn run<H: Handler + 'static>(
         stats: stats.clone(),
         in_hand: AtomicUsize::new(0),
     });
+    let static_id = config.get("group.instance.id").map(str::to_owned);
+    let mut replaced = 0_u32;
     loop {
+        // A replacement must be a new member. Under the old static id the coordinator hands
+        // the old membership and assignment back without a rebalance, and a rebalance is
+        // what the watchdog replaces the member to get; the old id expires with its session.
+        if let (Some(id), 1..) = (&static_id, replaced) {
+            config.set("group.instance.id", format!("{id}.{replaced}"));
+        }
         observer.state().reset();
         worker.in_hand.store(0, Ordering::Relaxed);
         let consumer: KafkaConsumer = config
@@ -305,7 +314,10 @@ pub async fn run<H: Handler + 'static>(
         }
         match ended {
             Ended::Shutdown => break,
-            Ended::Replace => ConsumerStats::bump(&stats.recreations),
+            Ended::Replace => {
+                ConsumerStats::bump(&stats.recreations);
+                replaced = replaced.saturating_add(1);
+            }
         }
     }
     let done = stats.snapshot();
