@@ -25,19 +25,21 @@
 //!   `faultline_auth::decision`: allow or deny, policy version, reason, method, path and
 //!   subject. Never a token, never claims beyond the subject.
 
+mod compile;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::{Program, RegoVM};
-use regorus::{CompiledPolicy, PolicyModule, Value};
+use regorus::{CompiledPolicy, Value};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::Principal;
 use crate::watch;
+use compile::{compile, input_value, load, policy_files, read_decision, version_of};
 use faultline_settings::{SettingError, positive};
 
 /// Where the policy files are and how often they are checked for changes. Every field can
@@ -396,250 +398,5 @@ impl Policy {
     }
 }
 
-fn policy_files(settings: &PolicySettings) -> Result<Vec<PathBuf>, PolicyError> {
-    let paths = watch::files_in(&settings.dir, ".rego").map_err(|source| PolicyError::Read {
-        dir: settings.dir.clone(),
-        source,
-    })?;
-    if paths.is_empty() {
-        return Err(PolicyError::Empty(settings.dir.clone()));
-    }
-    Ok(paths)
-}
-
-fn load(settings: &PolicySettings) -> Result<Loaded, PolicyError> {
-    let paths = policy_files(settings)?;
-    let snapshot = watch::snapshot(&paths).map_err(|source| PolicyError::Read {
-        dir: settings.dir.clone(),
-        source,
-    })?;
-    compile(settings, snapshot)
-}
-
-/// The short form of a digest that names a policy version in logs.
-fn version_of(digest: &str) -> String {
-    digest.chars().take(16).collect()
-}
-
-fn compile(settings: &PolicySettings, snapshot: watch::Snapshot) -> Result<Loaded, PolicyError> {
-    let mut modules = Vec::with_capacity(snapshot.files.len());
-    let mut files = Vec::with_capacity(snapshot.files.len());
-    let mut pure = true;
-    for (path, bytes) in snapshot.files {
-        let name = path.display().to_string();
-        let text = String::from_utf8(bytes)
-            .map_err(|_| PolicyError::Compile(format!("{name} is not UTF-8")))?;
-        // A textual check errs on the safe side: a mention in a comment also turns the
-        // cache off, which costs speed, never correctness.
-        if let Some(builtin) = IMPURE_BUILTINS.iter().find(|b| text.contains(**b)) {
-            tracing::info!(file = %name, builtin, "the policy is not a pure function of its input; decisions are not cached");
-            pure = false;
-        }
-        modules.push(PolicyModule {
-            id: name.as_str().into(),
-            content: text.as_str().into(),
-        });
-        files.push(name);
-    }
-    let compiled = regorus::compile_policy_with_entrypoint(
-        Value::new_object(),
-        &modules,
-        settings.entrypoint.as_str().into(),
-    )
-    .map_err(|e| PolicyError::Compile(e.to_string()))?;
-    let program = Compiler::compile_from_policy(&compiled, &[settings.entrypoint.as_str()])
-        .map_err(|e| PolicyError::Compile(format!("for the bytecode VM: {e}")))?;
-    let loaded = Loaded {
-        compiled,
-        program,
-        idle: Mutex::new(Vec::new()),
-        version: version_of(&snapshot.digest).into(),
-        files,
-        decisions: DecisionCache::new(if pure {
-            settings.decision_cache_entries
-        } else {
-            0
-        }),
-    };
-    self_check(&loaded)?;
-    Ok(loaded)
-}
-
-/// A policy must answer a decision even for a request no rule mentions; one that does not
-/// would deny everything at run time, so it is refused at load time instead. The VM and the
-/// interpreter must agree on that answer.
-fn self_check(loaded: &Loaded) -> Result<(), PolicyError> {
-    let nobody = Principal {
-        subject: "policy-self-check".into(),
-        tenant: None,
-        roles: Vec::new(),
-        scopes: Vec::new(),
-        client_id: None,
-    };
-    let probe = AccessRequest {
-        method: "GET",
-        path: "/.well-known/policy-self-check",
-        principal: &nobody,
-        resource: None,
-    };
-    let by_vm = loaded.evaluate(&probe).map_err(PolicyError::Shape)?;
-    let by_interpreter = interpret(&loaded.compiled, &probe).map_err(PolicyError::Shape)?;
-    if by_vm != by_interpreter {
-        return Err(PolicyError::Shape(format!(
-            "the bytecode VM answers {by_vm:?} where the interpreter answers {by_interpreter:?}"
-        )));
-    }
-    Ok(())
-}
-
-/// The policy's input as a regorus value.
-fn input_value(request: &AccessRequest<'_>) -> Result<Value, String> {
-    serde_json::to_value(request)
-        .map(Value::from)
-        .map_err(|e| e.to_string())
-}
-
-/// Evaluates with the tree-walking interpreter: the reference the VM is checked against.
-fn interpret(
-    compiled: &CompiledPolicy,
-    request: &AccessRequest<'_>,
-) -> Result<(bool, String, Vec<String>), String> {
-    let output = compiled
-        .eval_with_input(input_value(request)?)
-        .map_err(|e| e.to_string())?;
-    read_decision(&output)
-}
-
-/// `{"allow": bool, "reason": string, "missing_scopes": [string]}`, or what is wrong with it.
-fn read_decision(output: &Value) -> Result<(bool, String, Vec<String>), String> {
-    let allow = *output["allow"]
-        .as_bool()
-        .map_err(|_| format!("`allow` is not a boolean in {output}"))?;
-    let reason = output["reason"]
-        .as_string()
-        .map_err(|_| format!("`reason` is not a string in {output}"))?
-        .to_string();
-    let missing_scopes = match &output["missing_scopes"] {
-        Value::Undefined | Value::Null => Vec::new(),
-        value => value
-            .as_array()
-            .map_err(|_| format!("`missing_scopes` is not an array in {output}"))?
-            .iter()
-            .filter_map(|scope| scope.as_string().ok().map(|s| s.to_string()))
-            .collect(),
-    };
-    Ok((allow, reason, missing_scopes))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The VM runs the decisions, the interpreter is the reference: on the shipped policy
-    /// they must agree on every combination of the inputs its rules look at.
-    #[test]
-    fn the_bytecode_vm_decides_as_the_interpreter_does() {
-        let settings = PolicySettings {
-            dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies"),
-            ..PolicySettings::default()
-        };
-        let loaded = load(&settings).unwrap();
-        let scopes = [
-            vec![],
-            vec!["orders:read"],
-            vec!["orders:write"],
-            vec!["orders:read", "orders:write"],
-        ];
-        let roles = [vec![], vec!["admin"]];
-        let tenants = [None, Some("acme")];
-        let resources = [
-            None,
-            Some(Resource::owned_by("alice")),
-            Some(Resource::owned_by("bob")),
-            Some(Resource::owned_by("alice").in_tenant("acme")),
-            Some(Resource::owned_by("alice").in_tenant("globex")),
-        ];
-        let requests = [
-            ("POST", "/v1/orders"),
-            ("GET", "/v1/orders/42"),
-            ("GET", "/v1/orders"),
-            ("DELETE", "/v1/orders/42"),
-            ("GET", "/v1/orders/42/items"),
-        ];
-        let mut compared = 0;
-        for scopes in &scopes {
-            for roles in &roles {
-                for tenant in &tenants {
-                    let principal = Principal {
-                        subject: "alice".into(),
-                        tenant: tenant.map(str::to_owned),
-                        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-                        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-                        client_id: None,
-                    };
-                    for resource in &resources {
-                        for (method, path) in requests {
-                            let request = AccessRequest {
-                                method,
-                                path,
-                                principal: &principal,
-                                resource: resource.as_ref(),
-                            };
-                            let reference = interpret(&loaded.compiled, &request);
-                            assert_eq!(loaded.evaluate(&request), reference, "{request:?}");
-                            // Decided twice: the second answer comes from the cache and
-                            // must be the same.
-                            assert_eq!(loaded.decide(&request), reference, "{request:?}");
-                            assert_eq!(loaded.decide(&request), reference, "{request:?}");
-                            compared += 1;
-                        }
-                    }
-                }
-            }
-        }
-        assert_eq!(compared, 4 * 2 * 2 * 5 * 5);
-        let remembered = loaded.decisions.entries.read().unwrap().len();
-        assert_eq!(remembered, compared, "one entry per distinct input");
-    }
-
-    /// The regorus build here has no clock, HTTP or random builtins, so such a policy does not
-    /// even compile today; the guard is for the day a feature brings them in. It is
-    /// textual, so a mention in a comment is enough to show it working.
-    #[test]
-    fn a_policy_that_mentions_the_clock_is_never_cached() {
-        let dir = std::env::temp_dir().join(format!(
-            "faultline-policy-impure-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("clock.rego"),
-            "package faultline.authz\nimport rego.v1\n\
-             # one day: allow only during office hours, with time.now_ns()\n\
-             decision := {\"allow\": false, \"reason\": \"closed\", \"missing_scopes\": []}\n",
-        )
-        .unwrap();
-        let loaded = load(&PolicySettings {
-            dir: dir.clone(),
-            ..PolicySettings::default()
-        })
-        .unwrap();
-        assert_eq!(loaded.decisions.capacity, 0);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_full_decision_cache_starts_over_instead_of_growing() {
-        let cache = DecisionCache::new(2);
-        for input in [b"a", b"b", b"c"] {
-            cache.insert(input.to_vec(), (true, String::new(), Vec::new()));
-        }
-        assert_eq!(cache.entries.read().unwrap().len(), 1);
-        assert!(cache.get(b"c").is_some());
-        assert!(cache.get(b"a").is_none());
-    }
-}
+mod tests;

@@ -22,173 +22,25 @@
 //! [`StateChange`] ([`CircuitBreaker::subscribe`]), logged, and counted in
 //! [`BreakerMetrics`].
 
+mod config;
+mod service;
+mod state;
 mod window;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tower::{BoxError, Layer, Service};
 
-use crate::classify::{Classifier, ErrorClass, classify};
+use crate::classify::ErrorClass;
 use crate::error::ResilienceError;
-use faultline_settings::{SettingError, percent, positive};
+pub use config::{BreakerConfig, WindowKind};
+pub use service::{BreakerFuture, BreakerLayer, BreakerService};
+pub use state::State;
+use state::{decode, encode};
 use window::{FAILURE, RECORDED, SLOW, Tally, Window};
-
-/// How the breaker's window is measured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WindowKind {
-    /// The last `window_size` calls.
-    #[default]
-    CountBased,
-    /// The calls of the last `window_size` seconds.
-    TimeBased,
-}
-
-/// Circuit breaker settings for one downstream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerConfig {
-    /// `count_based` or `time_based` (`..__BREAKER__WINDOW`). Default `count_based`.
-    pub window: WindowKind,
-    /// Calls (count-based, 1..=100 000) or seconds (time-based, 1..=3 600) in the window
-    /// (`..__BREAKER__WINDOW_SIZE`). Default 100.
-    pub window_size: u32,
-    /// Calls the window must hold before rates are judged (`..__BREAKER__MINIMUM_CALLS`).
-    /// Default 20.
-    pub minimum_calls: u32,
-    /// Failure percentage that opens the breaker, (0, 100]
-    /// (`..__BREAKER__FAILURE_RATE_THRESHOLD`). Default 50.
-    pub failure_rate_threshold: f64,
-    /// Slow-call percentage that opens the breaker, (0, 100]
-    /// (`..__BREAKER__SLOW_CALL_RATE_THRESHOLD`). Default 100 (only when every call is slow).
-    pub slow_call_rate_threshold: f64,
-    /// A call taking at least this long is slow (`..__BREAKER__SLOW_CALL_DURATION_MS`).
-    /// Default 1 000.
-    pub slow_call_duration_ms: u64,
-    /// Time spent open before probing (`..__BREAKER__OPEN_WAIT_MS`). Default 5 000.
-    pub open_wait_ms: u64,
-    /// Probe calls let through while half-open (`..__BREAKER__HALF_OPEN_CALLS`). Default 5.
-    pub half_open_calls: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self {
-            window: WindowKind::CountBased,
-            window_size: 100,
-            minimum_calls: 20,
-            failure_rate_threshold: 50.0,
-            slow_call_rate_threshold: 100.0,
-            slow_call_duration_ms: 1_000,
-            open_wait_ms: 5_000,
-            half_open_calls: 5,
-        }
-    }
-}
-
-impl BreakerConfig {
-    /// Rejects settings that cannot work, naming the setting.
-    pub fn validate(&self, path: &str) -> Result<(), SettingError> {
-        let max_size = match self.window {
-            WindowKind::CountBased => 100_000,
-            WindowKind::TimeBased => 3_600,
-        };
-        if !(1..=max_size).contains(&self.window_size) {
-            return Err(SettingError::new(
-                path,
-                "WINDOW_SIZE",
-                format!("must be within 1..={max_size}; got {}", self.window_size),
-            ));
-        }
-        positive(path, "MINIMUM_CALLS", u64::from(self.minimum_calls))?;
-        if self.window == WindowKind::CountBased && self.window_size < self.minimum_calls {
-            return Err(SettingError::new(
-                path,
-                "WINDOW_SIZE",
-                format!(
-                    "a window of {} calls can never hold the minimum of {} calls, so the \
-                     breaker could never open",
-                    self.window_size, self.minimum_calls
-                ),
-            ));
-        }
-        percent(
-            path,
-            "FAILURE_RATE_THRESHOLD",
-            self.failure_rate_threshold,
-            false,
-        )?;
-        percent(
-            path,
-            "SLOW_CALL_RATE_THRESHOLD",
-            self.slow_call_rate_threshold,
-            false,
-        )?;
-        positive(path, "SLOW_CALL_DURATION_MS", self.slow_call_duration_ms)?;
-        positive(path, "OPEN_WAIT_MS", self.open_wait_ms)?;
-        if !(1..=10_000).contains(&self.half_open_calls) {
-            return Err(SettingError::new(
-                path,
-                "HALF_OPEN_CALLS",
-                format!("must be within 1..=10000; got {}", self.half_open_calls),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Where a breaker is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum State {
-    /// Calls pass and are measured.
-    Closed,
-    /// Calls fail fast.
-    Open,
-    /// A bounded number of probe calls pass.
-    HalfOpen,
-    /// An operator holds it open.
-    ForcedOpen,
-    /// An operator holds it closed; nothing is measured.
-    ForcedClosed,
-}
-
-impl State {
-    const ALL: [State; 5] = [
-        State::Closed,
-        State::Open,
-        State::HalfOpen,
-        State::ForcedOpen,
-        State::ForcedClosed,
-    ];
-
-    fn code(self) -> u64 {
-        self as u64
-    }
-}
-
-/// The state word: generation in the high bits, state in the low three.
-#[inline]
-fn encode(generation: u64, state: State) -> u64 {
-    (generation << 3) | state.code()
-}
-
-#[inline]
-fn decode(word: u64) -> (u64, State) {
-    let state = State::ALL
-        .get((word & 0b111) as usize)
-        .copied()
-        .unwrap_or(State::Closed);
-    (word >> 3, state)
-}
 
 /// A state change, as broadcast to subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -578,133 +430,5 @@ impl Shared {
             to,
             at: now,
         });
-    }
-}
-
-/// Guards a service with a [`CircuitBreaker`].
-#[derive(Debug, Clone)]
-pub struct BreakerLayer<C> {
-    breaker: CircuitBreaker,
-    classifier: C,
-}
-
-impl<S, C: Clone> Layer<S> for BreakerLayer<C> {
-    type Service = BreakerService<S, C>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BreakerService {
-            inner,
-            breaker: self.breaker.clone(),
-            classifier: self.classifier.clone(),
-        }
-    }
-}
-
-/// The service made by [`BreakerLayer`].
-///
-/// A call's duration (for the slow-call rate) is measured from the first time its future
-/// is found waiting, not from `call`: the two differ by the work of one poll, and a call
-/// answered without waiting (an in-process service, a cache hit) then costs no clock read.
-#[derive(Debug, Clone)]
-pub struct BreakerService<S, C> {
-    inner: S,
-    breaker: CircuitBreaker,
-    classifier: C,
-}
-
-impl<S, C, Req> Service<Req> for BreakerService<S, C>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-    C: Classifier<S::Response>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = BreakerFuture<S::Future, C>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: Req) -> Self::Future {
-        match self.breaker.admit(false) {
-            Ok(permit) => BreakerFuture {
-                inner: Some(self.inner.call(request)),
-                refused: None,
-                guard: Some(Guard {
-                    breaker: self.breaker.clone(),
-                    permit: Some(permit),
-                    classifier: self.classifier.clone(),
-                }),
-            },
-            Err(refused) => BreakerFuture {
-                inner: None,
-                refused: Some(refused.boxed()),
-                guard: None,
-            },
-        }
-    }
-}
-
-/// Records the call's outcome, or releases its permit if the call is dropped unfinished.
-struct Guard<C> {
-    breaker: CircuitBreaker,
-    permit: Option<Permit>,
-    classifier: C,
-}
-
-impl<C> Drop for Guard<C> {
-    fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.breaker.release(permit);
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`BreakerService`].
-    pub struct BreakerFuture<F, C> {
-        #[pin]
-        inner: Option<F>,
-        refused: Option<BoxError>,
-        guard: Option<Guard<C>>,
-    }
-}
-
-impl<F, C, T, E> Future for BreakerFuture<F, C>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-    C: Classifier<T>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            let refused = this
-                .refused
-                .take()
-                .unwrap_or_else(|| ResilienceError::Throttled.boxed());
-            return Poll::Ready(Err(refused));
-        };
-        let result = match inner.poll(cx) {
-            Poll::Ready(result) => result.map_err(Into::into),
-            Poll::Pending => {
-                // The call waits: start its clock. A call answered on its first poll never
-                // waited and is not slow, and costs no clock reads.
-                if let Some(permit) = this.guard.as_mut().and_then(|g| g.permit.as_mut()) {
-                    permit.waiting();
-                }
-                return Poll::Pending;
-            }
-        };
-        if let Some(guard) = this.guard
-            && let Some(permit) = guard.permit.take()
-        {
-            let outcome = classify(&guard.classifier, result.as_ref().map_err(|e| &**e));
-            guard.breaker.record(permit, outcome);
-        }
-        Poll::Ready(result)
     }
 }

@@ -15,12 +15,12 @@
 //! `max_concurrent`, so one tenant's burst cannot take every slot. Idle keys are pruned as
 //! the map grows, so memory follows the number of busy keys, not of keys ever seen.
 
-use std::collections::HashMap;
+mod keyed;
+
 use std::future::Future;
-use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ use tower::{BoxError, Layer, Service};
 
 use crate::error::ResilienceError;
 use faultline_settings::{SettingError, positive};
+
+pub use keyed::{KeyedBulkhead, KeyedBulkheadService};
 
 /// Bulkhead settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,233 +335,5 @@ where
     }
 }
 
-/// A bulkhead per key: each key gets its own `max_concurrent` slots.
-pub struct KeyedBulkhead<K, F> {
-    name: Arc<str>,
-    key: F,
-    per_key: usize,
-    max_wait: Duration,
-    pools: Arc<Mutex<Pools<K>>>,
-}
-
-struct Pools<K> {
-    map: HashMap<K, Arc<Slots>>,
-    prune_above: usize,
-}
-
-impl<K, F: Clone> Clone for KeyedBulkhead<K, F> {
-    fn clone(&self) -> Self {
-        Self {
-            name: self.name.clone(),
-            key: self.key.clone(),
-            per_key: self.per_key,
-            max_wait: self.max_wait,
-            pools: self.pools.clone(),
-        }
-    }
-}
-
-impl<K, F> std::fmt::Debug for KeyedBulkhead<K, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyedBulkhead")
-            .field("name", &self.name)
-            .field("per_key", &self.per_key)
-            .finish()
-    }
-}
-
-impl<K, F> KeyedBulkhead<K, F>
-where
-    K: Hash + Eq + Clone,
-{
-    /// A keyed bulkhead called `name`: `key` picks a request's partition (tenant id, ...),
-    /// each partition gets `config.max_concurrent` slots.
-    pub fn new(name: &str, config: &BulkheadConfig, key: F) -> Self {
-        Self {
-            name: name.into(),
-            key,
-            per_key: config.max_concurrent as usize,
-            max_wait: Duration::from_millis(config.max_wait_ms),
-            pools: Arc::new(Mutex::new(Pools {
-                map: HashMap::new(),
-                prune_above: 1_024,
-            })),
-        }
-    }
-
-    /// Keys with a pool right now (busy ones, plus idle ones not yet pruned).
-    pub fn tracked_keys(&self) -> usize {
-        self.pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .len()
-    }
-
-    fn pool(&self, key: K) -> Arc<Slots> {
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if pools.map.len() >= pools.prune_above {
-            // A pool is idle when nobody but the map holds it: no slot taken, nobody waiting.
-            pools.map.retain(|_, pool| Arc::strong_count(pool) > 1);
-            pools.prune_above = (pools.map.len() * 2).max(1_024);
-        }
-        let per_key = self.per_key;
-        pools
-            .map
-            .entry(key)
-            .or_insert_with(|| Slots::new(per_key))
-            .clone()
-    }
-}
-
-impl<S, K, F: Clone> Layer<S> for KeyedBulkhead<K, F> {
-    type Service = KeyedBulkheadService<S, K, F>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        KeyedBulkheadService {
-            inner,
-            bulkhead: self.clone(),
-        }
-    }
-}
-
-/// The service made by [`KeyedBulkhead`].
-#[derive(Debug)]
-pub struct KeyedBulkheadService<S, K, F> {
-    inner: S,
-    bulkhead: KeyedBulkhead<K, F>,
-}
-
-impl<S: Clone, K, F: Clone> Clone for KeyedBulkheadService<S, K, F> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            bulkhead: self.bulkhead.clone(),
-        }
-    }
-}
-
-impl<S, K, F, Req> Service<Req> for KeyedBulkheadService<S, K, F>
-where
-    S: Service<Req> + Clone,
-    S::Error: Into<BoxError>,
-    K: Hash + Eq + Clone,
-    F: Fn(&Req) -> K,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = BulkheadFuture<S, Req>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: Req) -> Self::Future {
-        let pool = self.bulkhead.pool((self.bulkhead.key)(&request));
-        enter(
-            &mut self.inner,
-            request,
-            &self.bulkhead.name,
-            &pool,
-            self.bulkhead.max_wait,
-        )
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::sync::oneshot;
-    use tower::{ServiceExt, service_fn};
-
-    type Gate = Arc<Mutex<Vec<oneshot::Sender<()>>>>;
-
-    /// A service whose calls stay in flight until the test opens their gate.
-    fn gated(
-        gate: Gate,
-    ) -> impl Service<&'static str, Response = (), Error = BoxError, Future: Send> + Clone {
-        service_fn(move |_tenant: &'static str| {
-            let (open, wait) = oneshot::channel();
-            gate.lock().unwrap().push(open);
-            async move {
-                let _ = wait.await;
-                Ok::<(), BoxError>(())
-            }
-        })
-    }
-
-    fn config(max_concurrent: u32, max_wait_ms: u64) -> BulkheadConfig {
-        BulkheadConfig {
-            max_concurrent,
-            max_wait_ms,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn waits_for_a_slot_then_rejects_after_the_bound() {
-        let gate = Gate::default();
-        let bulkhead = Bulkhead::new("inventory", &config(1, 50));
-        let svc = bulkhead.layer(gated(gate.clone()));
-
-        let first = tokio::spawn(svc.clone().oneshot("a"));
-        tokio::task::yield_now().await;
-        assert_eq!(bulkhead.available(), 0);
-
-        // A second call waits, and gets the slot when the first finishes within the bound.
-        let second = tokio::spawn(svc.clone().oneshot("a"));
-        tokio::time::advance(Duration::from_millis(30)).await;
-        gate.lock().unwrap().remove(0).send(()).unwrap();
-        first.await.unwrap().unwrap();
-        tokio::task::yield_now().await;
-        gate.lock().unwrap().remove(0).send(()).unwrap();
-        second.await.unwrap().unwrap();
-
-        // A third, while the slot stays taken, is rejected after exactly 50 ms.
-        let _held = tokio::spawn(svc.clone().oneshot("a"));
-        tokio::task::yield_now().await;
-        let start = Instant::now();
-        let err = svc.clone().oneshot("a").await.unwrap_err();
-        assert_eq!(start.elapsed(), Duration::from_millis(50));
-        assert!(matches!(
-            ResilienceError::find(&*err),
-            Some(ResilienceError::BulkheadFull { name, waited })
-                if &**name == "inventory" && *waited == Duration::from_millis(50)
-        ));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn zero_wait_rejects_at_once() {
-        let gate = Gate::default();
-        let svc = Bulkhead::new("psp", &config(1, 0)).layer(gated(gate.clone()));
-        let _held = tokio::spawn(svc.clone().oneshot("a"));
-        tokio::task::yield_now().await;
-        let start = Instant::now();
-        assert!(svc.oneshot("a").await.is_err());
-        assert_eq!(start.elapsed(), Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_tenant_has_its_own_slots() {
-        let gate = Gate::default();
-        let bulkhead =
-            KeyedBulkhead::new("checkout", &config(1, 0), |tenant: &&'static str| *tenant);
-        let svc = bulkhead.layer(gated(gate.clone()));
-        let _busy = tokio::spawn(svc.clone().oneshot("acme"));
-        tokio::task::yield_now().await;
-        assert!(
-            svc.clone().oneshot("acme").await.is_err(),
-            "acme is at its limit"
-        );
-        let other = tokio::spawn(svc.clone().oneshot("globex"));
-        tokio::task::yield_now().await;
-        gate.lock().unwrap().remove(1).send(()).unwrap();
-        other.await.unwrap().unwrap();
-        assert_eq!(bulkhead.tracked_keys(), 2);
-    }
-
-    #[test]
-    fn validation_names_the_setting() {
-        let err = config(0, 10).validate("X__BULKHEAD").unwrap_err();
-        assert_eq!(err.setting, "X__BULKHEAD__MAX_CONCURRENT");
-    }
-}
+mod tests;
