@@ -1,16 +1,26 @@
-//! gRPC plumbing shared by the gRPC services: database errors as status codes, and the
-//! standard health service kept in step with readiness.
+//! gRPC plumbing shared by the gRPC services: one way to serve ([`serve`]: mutual TLS,
+//! telemetry, per-method callers, the standard health service kept in step with
+//! readiness), and database errors as status codes.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use faultline_auth::{MtlsIncoming, MtlsSettings, ServerTls, TlsError};
+use faultline_auth::{
+    AllowedCallers, CallerAuthLayer, MtlsIncoming, MtlsSettings, ServerTls, TlsError,
+};
+use faultline_telemetry::http::HttpServerLayer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::health::Health;
+use crate::lifecycle::Lifecycle;
 
 /// Turns a database error into a status a client can act on: `UNAVAILABLE` (retry later)
 /// when the database cannot be reached ([`faultline_postgres::is_unreachable`]) or another
@@ -83,4 +93,58 @@ pub async fn listen_mtls(
         .await
         .map_err(|e| ListenError::Bind(addr, e))?;
     Ok((MtlsIncoming::new(listener, tls), reload))
+}
+
+/// Why a gRPC server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// It could not start listening.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The server failed while serving.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `service` on `listen` until the lifecycle stops serving, as every Faultline gRPC
+/// service does: mutual TLS only (certificates re-read from disk), server telemetry, then
+/// `callers` deciding per method which peer identity may call, and `grpc.health.v1.Health`
+/// answering for any caller with readiness mirrored into it. Marks start-up complete once
+/// it listens; the reload and mirror tasks are tracked by `life`.
+pub async fn serve<S>(
+    life: &mut Lifecycle,
+    listen: SocketAddr,
+    mtls: &MtlsSettings,
+    callers: AllowedCallers,
+    service: S,
+) -> Result<(), ServeError>
+where
+    S: tower::Service<http::Request<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let (incoming, tls_reload) = listen_mtls(listen, mtls, life.background()).await?;
+    life.track("certificate reload", tls_reload);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<S>().await;
+    life.spawn(
+        "grpc health",
+        mirror_readiness(life.health.clone(), reporter, S::NAME, life.background()),
+    );
+    let served = Server::builder()
+        .layer(HttpServerLayer::new(life.metrics.clone()))
+        .layer(CallerAuthLayer::new(
+            callers.service_for_any_caller("grpc.health.v1.Health"),
+        ))
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, life.serving().cancelled_owned());
+    life.started();
+    tracing::info!(%listen, service = S::NAME, "serving gRPC over mutual TLS");
+    Ok(served.await?)
 }

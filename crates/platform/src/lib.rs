@@ -6,7 +6,9 @@
 //!   optional TOML file and environment variables, and validated before anything starts.
 //! - [`db`]: a Postgres pool whose database is created on first start.
 //! - [`drain`]: request bodies a handler refused are read to the end, so its answer arrives.
-//! - [`grpc`]: database errors as gRPC status codes.
+//! - [`grpc`]: serving a gRPC service (mutual TLS, callers, health), and database errors
+//!   as gRPC status codes.
+//! - [`http`]: serving a public HTTP API.
 //! - [`health`]: liveness, readiness and startup probes on a small admin HTTP server.
 //! - [`lifecycle`]: the start-up and shutdown order every service follows.
 //! - [`messaging`]: typed protobuf envelopes on the outbox and inbox.
@@ -20,6 +22,7 @@ pub mod db;
 pub mod drain;
 pub mod grpc;
 pub mod health;
+pub mod http;
 pub mod lifecycle;
 pub mod messaging;
 pub mod shutdown;

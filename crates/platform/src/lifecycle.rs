@@ -17,6 +17,7 @@
 //! abandoned, which is safe: unpublished outbox rows stay in the outbox and unfinished
 //! records are redelivered.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,7 @@ pub struct Lifecycle {
     grace_period: Duration,
     admin: JoinHandle<std::io::Result<()>>,
     admin_stop: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Lifecycle {
@@ -130,6 +132,7 @@ impl Lifecycle {
             grace_period: Duration::from_millis(settings.grace_period_ms),
             admin,
             admin_stop,
+            tasks: Vec::new(),
         })
     }
 
@@ -144,15 +147,26 @@ impl Lifecycle {
         self.background.clone()
     }
 
+    /// Background work that [`Lifecycle::end`] waits for, named for the log if it panics.
+    /// It should stop when [`Lifecycle::background`] is cancelled.
+    pub fn track(&mut self, name: &'static str, task: JoinHandle<()>) {
+        self.tasks.push((name, task));
+    }
+
+    /// Spawns `work` and [tracks](Lifecycle::track) it.
+    pub fn spawn(&mut self, name: &'static str, work: impl Future<Output = ()> + Send + 'static) {
+        self.track(name, tokio::spawn(work));
+    }
+
     /// Start-up is complete: `/startup` and (dependencies permitting) `/ready` answer 200.
     pub fn started(&self) {
         self.health.mark_started();
     }
 
-    /// After the servers have drained: stops the background work and waits for it (and for
-    /// `tasks`) within what is left of the grace period, then closes the pool and stops the
-    /// probes.
-    pub async fn end(self, messaging: Messaging, tasks: Vec<(&'static str, JoinHandle<()>)>) {
+    /// After the servers have drained: stops the background work and waits for it
+    /// (`messaging` and every tracked task) within what is left of the grace period, then
+    /// closes the pool and stops the probes.
+    pub async fn end(self, messaging: Messaging) {
         self.health.mark_draining();
         self.serving.cancel();
         self.background.cancel();
@@ -165,7 +179,7 @@ impl Lifecycle {
         let left = self.grace_period.saturating_sub(signalled.elapsed());
         let finish = async {
             messaging.join().await;
-            for (name, task) in tasks {
+            for (name, task) in self.tasks {
                 if let Err(error) = task.await {
                     tracing::error!(%error, task = name, "background task panicked");
                 }

@@ -1,22 +1,22 @@
 //! Checkout: the public order API and the orchestrator of the order saga.
 //!
-//! - [`api`]: `POST /v1/orders` (with a required `Idempotency-Key`) and
+//! - [`http`]: `POST /v1/orders` (with a required `Idempotency-Key`) and
 //!   `GET /v1/orders/{id}` (axum); [`admission`] refuses new orders while the saga pipeline
 //!   is full.
 //! - [`orders`]: placing (validate, price, store, start the saga) and reading orders.
 //! - [`catalog`]: product lookups against inventory over gRPC; [`catalog_cache`] puts a
 //!   Redis cache in front, invalidated by inventory's `ProductChanged` events.
 //! - [`saga`]: the saga as a pure state machine; [`orchestrator`] runs it against the
-//!   database and the outbox; [`events`] feeds it the participants' answers from Kafka.
+//!   database and the outbox; [`kafka`] feeds it the participants' answers from Kafka.
 //!
 //! [`run`] starts everything and returns after a graceful shutdown.
 
 pub mod admission;
-pub mod api;
 pub mod catalog;
 pub mod catalog_cache;
 mod config;
-pub mod events;
+pub mod http;
+pub mod kafka;
 pub mod orchestrator;
 pub mod orders;
 pub mod saga;
@@ -37,10 +37,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
-use crate::api::AppState;
 use crate::catalog::{CatalogItem, GrpcCatalog};
 use crate::catalog_cache::{CATALOG_CACHE_VERSION, CachedCatalog};
-use crate::events::EventHandler;
+use crate::http::AppState;
+use crate::kafka::EventHandler;
 use crate::orchestrator::{Orchestrator, SagaMetrics, Topics};
 
 /// The service's own migrations, embedded at build time.
@@ -49,7 +49,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 /// Runs checkout until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let life = Lifecycle::begin(
+    let mut life = Lifecycle::begin(
         &config.admin,
         &config.database,
         &config.lifecycle,
@@ -72,11 +72,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             ..config.idempotency.clone()
         },
     );
-    let reaper = tokio::spawn(faultline_idempotency::reaper::run(
-        pool.clone(),
-        Duration::from_secs(config.idempotency.reap_interval_secs),
-        life.background(),
-    ));
+    life.spawn(
+        "idempotency reaper",
+        faultline_idempotency::reaper::run(
+            pool.clone(),
+            Duration::from_secs(config.idempotency.reap_interval_secs),
+            life.background(),
+        ),
+    );
 
     let kafka = &config.kafka;
     let orchestrator = Orchestrator::new(
@@ -89,47 +92,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.saga.max_attempts,
         SagaMetrics::register(&metrics),
     );
-    // Credentials: a bad key set, policy or certificate stops the start, never a request.
-    let verifier = JwtVerifier::new(config.auth.clone())
-        .await
-        .context("reading the access-token keys (CHECKOUT_AUTH__JWKS)")?;
-    let jwks_refresh = verifier.spawn_refresh(life.background());
-    let policy = Policy::load(config.policy.clone())
-        .context("loading the authorization policy (CHECKOUT_POLICY__DIR)")?;
-    let policy_reload = policy.spawn_reload(life.background());
-    let inventory_id = ServiceId::faultline("inventory").context("inventory's identity")?;
-    let tls = ClientTls::load(config.mtls.clone(), inventory_id)
-        .context("loading checkout's certificates (CHECKOUT_MTLS__*)")?;
-    let tls_reload = tls.spawn_reload(life.background());
+    let (verifier, policy, tls) = credentials(&config, &mut life).await?;
 
-    // The catalog: inventory over gRPC, behind the cache. The cache starts even when Redis
-    // is down; its breakers then send lookups to inventory.
-    let inventory =
-        GrpcCatalog::new(&config.inventory, &tls, &metrics).context("inventory client")?;
-    let mut breakers = vec![(
-        "inventory breaker log",
-        faultline_platform::breakers::observe(
-            "inventory",
-            inventory.breaker(),
-            &metrics,
-            life.background(),
-        ),
-    )];
-    let cache = Cache::connect("catalog", CATALOG_CACHE_VERSION, &config.cache)
-        .await
-        .context("catalog cache (CHECKOUT_CACHE__*)")?;
-    metrics.register_collector(cache.collector());
-    for (index, node) in cache.nodes().iter().enumerate() {
-        if let Some(breaker) = cache.breaker(index) {
-            let name = format!("cache {node}");
-            breakers.push((
-                "cache breaker log",
-                faultline_platform::breakers::observe(&name, breaker, &metrics, life.background()),
-            ));
-        }
-    }
-    let key_census = tokio::spawn(count_cache_keys(cache.clone(), life.background()));
-    let catalog = CachedCatalog::new(inventory, cache);
+    let catalog = catalog(&config, &tls, &mut life).await?;
 
     let wiring = Wiring {
         service: "checkout",
@@ -151,16 +116,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let messaging = Messaging::start(&life, kafka, wiring, handler)
         .await
         .context("starting Kafka messaging")?;
-    let sweeper = tokio::spawn(sweep_deadlines(
-        pool.clone(),
-        orchestrator.clone(),
-        Duration::from_millis(config.saga.sweep_interval_ms),
-        life.background(),
-    ));
+    life.spawn(
+        "deadline sweeper",
+        sweep_deadlines(
+            pool.clone(),
+            orchestrator.clone(),
+            Duration::from_millis(config.saga.sweep_interval_ms),
+            life.background(),
+        ),
+    );
 
     let admission = Admission::new(config.admission.clone());
     metrics.register_collector(admission.collector());
-    let admission_sampler = tokio::spawn(admission.clone().sample(pool.clone(), life.background()));
+    life.spawn(
+        "admission sampler",
+        admission.clone().sample(pool.clone(), life.background()),
+    );
     let state = AppState {
         pool: pool.clone(),
         catalog,
@@ -168,43 +139,80 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         policy,
         admission,
     };
-    let listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_listen))?;
-    let app = api::router(
+    let app = http::router(
         state,
         idempotency,
-        api::Limits {
+        http::Limits {
             max_body_bytes: config.max_body_bytes,
             edge: &config.edge,
         },
         verifier,
         metrics,
     );
-    life.started();
-    tracing::info!(listen = %config.http_listen, "checkout is serving HTTP");
-    let drain = life.serving();
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { drain.cancelled().await })
-    .await;
+    let served = faultline_platform::http::serve(&life, config.http_listen, app).await;
 
-    let mut tasks = vec![
-        ("deadline sweeper", sweeper),
-        ("admission sampler", admission_sampler),
-        ("idempotency reaper", reaper),
-        ("JWKS refresh", jwks_refresh),
-        ("policy reload", policy_reload),
-        ("certificate reload", tls_reload),
-        ("cache key census", key_census),
-    ];
-    tasks.extend(breakers);
-    life.end(messaging, tasks).await;
-    served.context("HTTP server failed")?;
+    life.end(messaging).await;
+    served?;
     tracing::info!("checkout stopped");
     Ok(())
+}
+
+/// The access-token keys, the authorization policy and checkout's certificates, each kept
+/// fresh by a tracked task. A bad key set, policy or certificate stops the start, never a
+/// request.
+async fn credentials(
+    config: &Config,
+    life: &mut Lifecycle,
+) -> anyhow::Result<(JwtVerifier, Policy, ClientTls)> {
+    let verifier = JwtVerifier::new(config.auth.clone())
+        .await
+        .context("reading the access-token keys (CHECKOUT_AUTH__JWKS)")?;
+    life.track("JWKS refresh", verifier.spawn_refresh(life.background()));
+    let policy = Policy::load(config.policy.clone())
+        .context("loading the authorization policy (CHECKOUT_POLICY__DIR)")?;
+    life.track("policy reload", policy.spawn_reload(life.background()));
+    let inventory_id = ServiceId::faultline("inventory").context("inventory's identity")?;
+    let tls = ClientTls::load(config.mtls.clone(), inventory_id)
+        .context("loading checkout's certificates (CHECKOUT_MTLS__*)")?;
+    life.track("certificate reload", tls.spawn_reload(life.background()));
+    Ok((verifier, policy, tls))
+}
+
+/// The catalog: inventory over gRPC, behind the Redis cache, with their breakers logged and
+/// the cache's keys counted. The cache starts even when Redis is down; its breakers then send
+/// lookups to inventory.
+async fn catalog(
+    config: &Config,
+    tls: &ClientTls,
+    life: &mut Lifecycle,
+) -> anyhow::Result<CachedCatalog<GrpcCatalog>> {
+    let metrics = life.metrics.clone();
+    let inventory =
+        GrpcCatalog::new(&config.inventory, tls, &metrics).context("inventory client")?;
+    let inventory_breaker_log = faultline_platform::breakers::observe(
+        "inventory",
+        inventory.breaker(),
+        &metrics,
+        life.background(),
+    );
+    life.track("inventory breaker log", inventory_breaker_log);
+    let cache = Cache::connect("catalog", CATALOG_CACHE_VERSION, &config.cache)
+        .await
+        .context("catalog cache (CHECKOUT_CACHE__*)")?;
+    metrics.register_collector(cache.collector());
+    for (index, node) in cache.nodes().iter().enumerate() {
+        if let Some(breaker) = cache.breaker(index) {
+            let name = format!("cache {node}");
+            let log =
+                faultline_platform::breakers::observe(&name, breaker, &metrics, life.background());
+            life.track("cache breaker log", log);
+        }
+    }
+    life.spawn(
+        "cache key census",
+        count_cache_keys(cache.clone(), life.background()),
+    );
+    Ok(CachedCatalog::new(inventory, cache))
 }
 
 /// How often the catalog cache's keys are counted per Redis node.

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{self, MAX_PRODUCTS_PER_REQUEST, Product, ProductUpsert};
 
-use crate::commands::PRODUCER;
+use crate::kafka::PRODUCER;
 
 /// Serves `faultline.inventory.v1.InventoryService`.
 #[derive(Debug, Clone)]

@@ -1,15 +1,15 @@
 //! Inventory: the product catalog and stock levels.
 //!
 //! - gRPC `GetProducts` and `UpsertProducts` ([`grpc`]) over the catalog ([`catalog`]).
-//! - Kafka commands `ReserveStock`, `ReleaseStock`, `CommitStock` ([`commands`]) over the
+//! - Kafka commands `ReserveStock`, `ReleaseStock`, `CommitStock` ([`kafka`]) over the
 //!   reservation rules ([`stock`]), each answered with an event through the outbox.
 //!
 //! [`run`] starts everything and returns after a graceful shutdown.
 
 pub mod catalog;
-pub mod commands;
 mod config;
 pub mod grpc;
+pub mod kafka;
 pub mod stock;
 
 pub use config::{Config, PREFIX};
@@ -17,20 +17,17 @@ pub use config::{Config, PREFIX};
 use std::time::Duration;
 
 use anyhow::Context;
-use faultline_auth::{AllowedCallers, CallerAuthLayer, ServiceId};
+use faultline_auth::{AllowedCallers, ServiceId};
 use faultline_idempotency::Store;
-use faultline_platform::grpc::{listen_mtls, mirror_readiness};
 use faultline_platform::lifecycle::Lifecycle;
 use faultline_platform::messaging::{Messaging, Wiring};
 use faultline_proto::contract::topics;
 use faultline_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use faultline_telemetry::http::HttpServerLayer;
 use faultline_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 
-use crate::commands::CommandHandler;
 use crate::grpc::InventoryGrpc;
+use crate::kafka::CommandHandler;
 
 /// `spiffe://faultline/<name>`.
 fn service_id(name: &str) -> anyhow::Result<ServiceId> {
@@ -42,8 +39,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Runs the inventory service until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
-    let life = Lifecycle::begin(
+    let mut life = Lifecycle::begin(
         &config.admin,
         &config.database,
         &config.lifecycle,
@@ -52,7 +48,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             &faultline_outbox::migrator(),
             &faultline_idempotency::migrator(),
         ],
-        metrics.clone(),
+        Metrics::new(),
         axum::Router::new(),
         &shutdown,
     )
@@ -60,11 +56,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .context("preparing the inventory database")?;
 
     let keys = Store::new(life.pool.clone(), config.idempotency.clone());
-    let reaper = tokio::spawn(faultline_idempotency::reaper::run(
-        life.pool.clone(),
-        Duration::from_secs(config.idempotency.reap_interval_secs),
-        life.background(),
-    ));
+    life.spawn(
+        "idempotency reaper",
+        faultline_idempotency::reaper::run(
+            life.pool.clone(),
+            Duration::from_secs(config.idempotency.reap_interval_secs),
+            life.background(),
+        ),
+    );
     let wiring = Wiring {
         service: "inventory",
         consumes: vec![topics::INVENTORY_COMMANDS],
@@ -77,8 +76,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("starting Kafka messaging")?;
 
-    let (incoming, tls_reload) =
-        listen_mtls(config.grpc_listen, &config.mtls, life.background()).await?;
     let callers = AllowedCallers::new()
         .method(
             "/faultline.inventory.v1.InventoryService/GetProducts",
@@ -87,42 +84,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .method(
             "/faultline.inventory.v1.InventoryService/UpsertProducts",
             [service_id("operator")?],
-        )
-        .service_for_any_caller("grpc.health.v1.Health");
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<InventoryServiceServer<InventoryGrpc>>()
-        .await;
-    let mirror = tokio::spawn(mirror_readiness(
-        life.health.clone(),
-        reporter,
-        "faultline.inventory.v1.InventoryService",
-        life.background(),
+        );
+    let service = InventoryServiceServer::new(InventoryGrpc::new(
+        life.pool.clone(),
+        keys,
+        config.kafka.topic(topics::CATALOG_EVENTS),
     ));
-    let grpc = Server::builder()
-        .layer(HttpServerLayer::new(metrics))
-        .layer(CallerAuthLayer::new(callers))
-        .add_service(health_service)
-        .add_service(InventoryServiceServer::new(InventoryGrpc::new(
-            life.pool.clone(),
-            keys,
-            config.kafka.topic(topics::CATALOG_EVENTS),
-        )))
-        .serve_with_incoming_shutdown(incoming, life.serving().cancelled_owned());
-
-    life.started();
-    tracing::info!(listen = %config.grpc_listen, "inventory is serving gRPC over mutual TLS");
-    let served = grpc.await;
-    life.end(
-        messaging,
-        vec![
-            ("idempotency reaper", reaper),
-            ("grpc health", mirror),
-            ("certificate reload", tls_reload),
-        ],
+    let served = faultline_platform::grpc::serve(
+        &mut life,
+        config.grpc_listen,
+        &config.mtls,
+        callers,
+        service,
     )
     .await;
-    served.context("gRPC server failed")?;
+    life.end(messaging).await;
+    served?;
     tracing::info!("inventory stopped");
     Ok(())
 }

@@ -18,7 +18,7 @@ use faultline_proto::common::v1::Money;
 use faultline_proto::envelope::{Envelope, Provenance};
 use faultline_proto::payments::v1 as pb;
 use faultline_testkit::{TestDatabase, kafka_brokers, postgres_server, unique};
-use payments::commands::CommandHandler;
+use payments::kafka::CommandHandler;
 use payments::provider::{Faults, SimulatedProvider};
 use prost::{Message, Name};
 use rdkafka::message::{Header, OwnedHeaders};
