@@ -58,10 +58,24 @@ async fn participants_killed_mid_stream_lose_and_double_nothing() -> anyhow::Res
     // Payments comes back, works through part of the backlog and is killed mid-stream;
     // inventory, busy committing stock for the first confirmations, is killed with it;
     // checkout is restarted gracefully meanwhile.
+    // The provider answers in 150 ms, so the backlog takes payments a second or more, and
+    // the kill is checked to have landed inside it.
+    system.set_env(
+        Service::Payments,
+        "PAYMENTS_PROVIDER__FAULTS__LATENCY_MS",
+        "150",
+    )?;
     system.restart(Service::Payments).await?;
     wait_for_sagas(&system, "state <> 'awaiting_payment'", 3).await?;
     system.stop(Service::Payments, Signal::Kill).await?;
     system.stop(Service::Inventory, Signal::Kill).await?;
+    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&system.database(Service::Payments).await?)
+        .await?;
+    assert!(
+        (1..20).contains(&payments),
+        "the kill must land mid-stream, but payments had taken {payments} of the 20 authorizations"
+    );
     system.stop(Service::Checkout, Signal::Term).await?;
     system.restart(Service::Inventory).await?;
     system.restart(Service::Payments).await?;
