@@ -1,12 +1,16 @@
-//! The server edge: per-tenant rate limiting, priority shedding under an adaptive limit,
-//! and a hard concurrency cap, plus the hook that turns rejections into responses.
+//! The server edge: per-tenant rate limiting and bulkheads, priority shedding under an
+//! adaptive limit, and a hard concurrency cap, plus the hook that turns rejections into
+//! responses.
 //!
 //! ```text
-//! recover(app's renderer) → rate limit (per key) → priority shed (adaptive) → load shed + concurrency limit (tower) → request deadline → router
+//! recover(app's renderer) → rate limit (per key) → bulkhead (per key) → priority shed (adaptive) → load shed + concurrency limit (tower) → request deadline → router
 //! ```
 //!
 //! Rate limiting comes first because it is the cheapest refusal and is per tenant: one
-//! noisy tenant gets `429`s without touching the shared limits. Priority shedding then
+//! noisy tenant gets `429`s without touching the shared limits. A rate bounds how often a
+//! tenant may start requests, not how many of its slow ones are in flight at once; the
+//! per-key [`KeyedBulkhead`] bounds that, so one tenant whose requests hang cannot take the
+//! slots everyone shares (`503` + `Retry-After` after a short wait). Priority shedding then
 //! protects critical flows as the server saturates. tower's `LoadShed` over
 //! `ConcurrencyLimit` is the absolute ceiling (`max_concurrent`), refusing instead of
 //! queueing. Innermost, a request deadline ([`TimeoutLayer::total`]) bounds what a request may
@@ -30,6 +34,7 @@ use tower::limit::{ConcurrencyLimit, ConcurrencyLimitLayer};
 use tower::load_shed::{LoadShed, LoadShedLayer};
 use tower::{BoxError, Layer, Service};
 
+use crate::bulkhead::{BulkheadConfig, KeyedBulkhead, KeyedBulkheadService};
 use crate::rate_limit::{RateLimitConfig, RateLimitService, RateLimiter};
 use crate::shed::{AdaptiveLimiter, Priority, PriorityShedService, ShedConfig};
 use crate::timeout::{TimeoutLayer, TimeoutService};
@@ -41,6 +46,9 @@ use faultline_settings::{SettingError, join, positive};
 pub struct EdgeConfig {
     /// Per-key GCRA limits (`..__RATE_LIMIT__*`).
     pub rate_limit: RateLimitConfig,
+    /// Requests in flight per key, and how long one waits for a slot
+    /// (`..__TENANT_BULKHEAD__*`). Default 64 with a 50 ms wait.
+    pub tenant_bulkhead: BulkheadConfig,
     /// Priority shedding (`..__SHED__*`).
     pub shed: ShedConfig,
     /// Absolute cap on requests in flight (`..__MAX_CONCURRENT`). Default 1 024.
@@ -55,6 +63,7 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             rate_limit: RateLimitConfig::default(),
+            tenant_bulkhead: BulkheadConfig::default(),
             shed: ShedConfig::default(),
             max_concurrent: 1_024,
             request_deadline_ms: 5_000,
@@ -66,6 +75,8 @@ impl EdgeConfig {
     /// Validates every part; `path` is this struct's own variable prefix.
     pub fn validate(&self, path: &str) -> Result<(), SettingError> {
         self.rate_limit.validate(&join(path, "RATE_LIMIT"))?;
+        self.tenant_bulkhead
+            .validate(&join(path, "TENANT_BULKHEAD"))?;
         self.shed.validate(&join(path, "SHED"))?;
         positive(path, "MAX_CONCURRENT", u64::from(self.max_concurrent))?;
         positive(path, "REQUEST_DEADLINE_MS", self.request_deadline_ms)?;
@@ -86,6 +97,7 @@ impl EdgeConfig {
 /// The edge layers (without [`RecoverLayer`], which the app adds with its renderer).
 pub struct EdgeStack<K: Hash + Eq + Clone, F, P> {
     rate_limiter: RateLimiter<K>,
+    tenant_bulkhead: KeyedBulkhead<K, F>,
     limiter: AdaptiveLimiter,
     key_of: F,
     priority_of: P,
@@ -97,6 +109,7 @@ impl<K: Hash + Eq + Clone, F: Clone, P: Clone> Clone for EdgeStack<K, F, P> {
     fn clone(&self) -> Self {
         Self {
             rate_limiter: self.rate_limiter.clone(),
+            tenant_bulkhead: self.tenant_bulkhead.clone(),
             limiter: self.limiter.clone(),
             key_of: self.key_of.clone(),
             priority_of: self.priority_of.clone(),
@@ -116,15 +129,16 @@ impl<K: Hash + Eq + Clone, F, P> std::fmt::Debug for EdgeStack<K, F, P> {
 }
 
 impl<K: Hash + Eq + Clone, F, P> EdgeStack<K, F, P> {
-    /// The edge for validated `config`: `key_of` picks the rate-limit key (tenant, API key,
-    /// client address), `priority_of` a request's [`Priority`].
+    /// The edge for validated `config`: `key_of` picks the key of the rate limit and the
+    /// bulkhead (tenant, API key, client address), `priority_of` a request's [`Priority`].
     pub fn new<Req>(config: &EdgeConfig, key_of: F, priority_of: P) -> Self
     where
-        F: Fn(&Req) -> K,
+        F: Fn(&Req) -> K + Clone,
         P: Fn(&Req) -> Priority,
     {
         Self {
             rate_limiter: RateLimiter::new(&config.rate_limit),
+            tenant_bulkhead: KeyedBulkhead::new("tenant", &config.tenant_bulkhead, key_of.clone()),
             limiter: AdaptiveLimiter::new(&config.shed),
             key_of,
             priority_of,
@@ -145,8 +159,15 @@ impl<K: Hash + Eq + Clone, F, P> EdgeStack<K, F, P> {
 }
 
 /// The service an [`EdgeStack`] makes around `S`.
-pub type EdgeService<S, K, F, P> =
-    RateLimitService<PriorityShedService<LoadShed<ConcurrencyLimit<TimeoutService<S>>>, P>, K, F>;
+pub type EdgeService<S, K, F, P> = RateLimitService<
+    KeyedBulkheadService<
+        PriorityShedService<LoadShed<ConcurrencyLimit<TimeoutService<S>>>, P>,
+        K,
+        F,
+    >,
+    K,
+    F,
+>;
 
 impl<S, K: Hash + Eq + Clone, F: Clone, P: Clone> Layer<S> for EdgeStack<K, F, P> {
     type Service = EdgeService<S, K, F, P>;
@@ -156,7 +177,10 @@ impl<S, K: Hash + Eq + Clone, F: Clone, P: Clone> Layer<S> for EdgeStack<K, F, P
         let capped = LoadShedLayer::new()
             .layer(ConcurrencyLimitLayer::new(self.max_concurrent).layer(bounded));
         let shed = self.limiter.layer(self.priority_of.clone()).layer(capped);
-        self.rate_limiter.layer(self.key_of.clone()).layer(shed)
+        let bulkheaded = self.tenant_bulkhead.layer(shed);
+        self.rate_limiter
+            .layer(self.key_of.clone())
+            .layer(bulkheaded)
     }
 }
 

@@ -147,9 +147,15 @@ impl HttpRejection {
     /// the app renders as it renders its own failures.
     pub fn from_error(error: &(dyn StdError + 'static)) -> Option<Self> {
         if let Some(found) = ResilienceError::find(error) {
+            // A full bulkhead knows no wait of its own; its slots turn over within a
+            // request's time, so the shortest hint, as for tower's LoadShed below.
+            let hint = match found {
+                ResilienceError::BulkheadFull { .. } => Some(1),
+                _ => found.retry_after().map(ceil_secs),
+            };
             return Some(Self {
                 status: found.http_status(),
-                retry_after_secs: found.retry_after().map(ceil_secs),
+                retry_after_secs: hint,
             });
         }
         if error.is::<tower::load_shed::error::Overloaded>() {

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use faultline_resilience::{
-    EdgeConfig, EdgeStack, HttpRejection, Priority, RateLimitConfig, RecoverLayer,
+    BulkheadConfig, EdgeConfig, EdgeStack, HttpRejection, Priority, RateLimitConfig, RecoverLayer,
 };
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
@@ -160,5 +160,60 @@ async fn a_request_past_its_deadline_answers_504_and_its_handler_is_dropped() {
         abandoned.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "the handler's future (and whatever it held) was dropped at the deadline"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_tenants_hanging_requests_fill_its_bulkhead_not_the_edge() {
+    let config = EdgeConfig {
+        tenant_bulkhead: BulkheadConfig {
+            max_concurrent: 2,
+            max_wait_ms: 50,
+        },
+        ..EdgeConfig::default()
+    };
+    assert!(config.validate("CHECKOUT_EDGE").is_ok());
+    let app = Router::new()
+        .route(
+            "/v1/orders",
+            post(|| async {
+                // Stands for a handler waiting on a slow dependency.
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                StatusCode::ACCEPTED
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RecoverLayer::new(problem))
+                .layer(EdgeStack::new(&config, customer, priority)),
+        );
+
+    // Alice's first two requests hang and hold both of her slots.
+    let hanging: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(app.clone().oneshot(order("alice"))))
+        .collect();
+    tokio::task::yield_now().await;
+
+    // Her third waits its 50 ms for a slot and is refused; Bob's is served as usual.
+    let refused = app.clone().oneshot(order("alice")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert!(refused.headers().contains_key(header::RETRY_AFTER));
+    let bob = app.clone().oneshot(order("bob")).await.unwrap();
+    assert_eq!(bob.status(), StatusCode::ACCEPTED);
+
+    // Once hers finish, her slots are hers again.
+    for request in hanging {
+        assert_eq!(
+            request.await.unwrap().unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(
+        app.oneshot(order("alice")).await.unwrap().status(),
+        StatusCode::ACCEPTED
     );
 }
