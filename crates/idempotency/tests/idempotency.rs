@@ -341,10 +341,34 @@ async fn create(
         .into_response()
 }
 
+/// Creates an "order" and leaves the response to the layer, which stores it afterwards
+/// (the weaker path); refuses a body of `refuse` with 400 and no effect.
+async fn create_unstored(State(app): State<App>, body: String) -> Response {
+    if body == "refuse" {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let id: i64 = sqlx::query_scalar("INSERT INTO effects (note) VALUES ($1) RETURNING id")
+        .bind(&body)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let location = format!("/things/{id}");
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::LOCATION, location.as_str()),
+        ],
+        format!(r#"{{"id":{id}}}"#),
+    )
+        .into_response()
+}
+
 fn router(db: &TestDb, config: IdempotencyConfig, pause: Option<Arc<Notify>>) -> Router {
     let store = Store::new(db.pool.clone(), config);
     Router::new()
         .route("/things", post(create))
+        .route("/unstored", post(create_unstored))
         .layer(IdempotencyLayer::new(store).required())
         .with_state(App {
             pool: db.pool.clone(),
@@ -353,7 +377,11 @@ fn router(db: &TestDb, config: IdempotencyConfig, pause: Option<Arc<Notify>>) ->
 }
 
 fn request(key: Option<&str>, body: &str) -> Request<Body> {
-    let mut builder = Request::post("/things").header(header::CONTENT_TYPE, "application/json");
+    request_to("/things", key, body)
+}
+
+fn request_to(path: &str, key: Option<&str>, body: &str) -> Request<Body> {
+    let mut builder = Request::post(path).header(header::CONTENT_TYPE, "application/json");
     if let Some(key) = key {
         builder = builder.header("idempotency-key", key);
     }
@@ -501,6 +529,42 @@ async fn a_request_abandoned_mid_flight_gives_its_key_back() {
         .await
         .unwrap();
     assert_eq!(effects, 1, "the abandoned request's effect rolled back");
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_response_the_handler_did_not_store_is_stored_afterwards_and_replayed() {
+    let db = TestDb::new().await;
+    let app = router(&db, IdempotencyConfig::default(), None);
+    let effects = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM effects")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+
+    let first = send(&app, request_to("/unstored", Some("later-1"), r#"{"n":1}"#)).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = send(&app, request_to("/unstored", Some("later-1"), r#"{"n":1}"#)).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(
+        again.headers[header::LOCATION],
+        first.headers[header::LOCATION]
+    );
+    assert_eq!(again.body, first.body);
+    assert_eq!(effects().await, 1, "the replay did not run the handler");
+
+    // An unsuccessful answer is not stored: the key is given back, and the retry runs.
+    let refused = send(&app, request_to("/unstored", Some("later-2"), "refuse")).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    let retried = send(&app, request_to("/unstored", Some("later-2"), "refuse")).await;
+    assert_eq!(retried.status, StatusCode::BAD_REQUEST);
+    assert!(
+        !retried.headers.contains_key("idempotent-replayed"),
+        "a refusal is never replayed"
+    );
+    assert_eq!(effects().await, 1);
     db.drop_now().await;
 }
 
