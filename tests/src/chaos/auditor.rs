@@ -330,36 +330,20 @@ async fn payments_and_ledger(
 async fn parked_messages(audit: &mut Audit, system: &System, pools: &Pools) -> anyhow::Result<()> {
     for service in Service::ALL {
         let pool = &pools[&service];
-        let topic = system.topic(&format!("{}.dlq", service.name()));
-        let parked: BTreeSet<String> =
-            sqlx::query_scalar("SELECT event_id FROM inbox WHERE outcome = 'parked'")
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .collect();
-        let mut letters: BTreeSet<String> = sqlx::query_scalar::<_, Option<String>>(
-            "SELECT headers->>'dlq.original.id' FROM outbox WHERE topic = $1",
-        )
-        .bind(&topic)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-        letters.extend(dlq::original_ids(system.brokers(), &topic).await?);
-        for id in parked.difference(&letters) {
+        let found = dlq::parked(system, service, pool).await?;
+        for id in found.unlettered() {
             audit.lost(format!(
                 "{}: inbox parked {id} but no dead letter carries it",
                 service.name()
             ));
         }
-        for id in letters.difference(&parked) {
+        for id in found.orphans() {
             audit.other(format!(
                 "{}: dead letter for {id} without a parked inbox row",
                 service.name()
             ));
         }
-        audit.parked.insert(service.name(), parked.len());
+        audit.parked.insert(service.name(), found.parked.len());
         let relay_parked: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")
                 .fetch_one(pool)

@@ -8,13 +8,62 @@ use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sqlx::PgPool;
+
+use crate::system::{Service, System};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One service's parked messages and dead letters, by original event id.
+pub(crate) struct Parked {
+    /// Event ids of the inbox rows it parked.
+    pub(crate) parked: BTreeSet<String>,
+    /// Event ids its dead letters carry (`dlq.original.id`).
+    pub(crate) letters: BTreeSet<String>,
+}
+
+impl Parked {
+    /// Parked with no dead letter: a message lost.
+    pub(crate) fn unlettered(&self) -> Vec<&String> {
+        self.parked.difference(&self.letters).collect()
+    }
+
+    /// A dead letter with no parked row.
+    pub(crate) fn orphans(&self) -> Vec<&String> {
+        self.letters.difference(&self.parked).collect()
+    }
+}
+
+/// What `service` (whose database is `pool`) parked and what its dead letters carry, on
+/// `<service>.dlq` or still in its outbox.
+pub(crate) async fn parked(
+    system: &System,
+    service: Service,
+    pool: &PgPool,
+) -> anyhow::Result<Parked> {
+    let topic = system.topic(&format!("{}.dlq", service.name()));
+    let parked = sqlx::query_scalar("SELECT event_id FROM inbox WHERE outcome = 'parked'")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+    let mut letters: BTreeSet<String> = sqlx::query_scalar::<_, Option<String>>(
+        "SELECT headers->>'dlq.original.id' FROM outbox WHERE topic = $1",
+    )
+    .bind(&topic)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
+    letters.extend(original_ids(system.brokers(), &topic).await?);
+    Ok(Parked { parked, letters })
+}
 
 /// The original event ids of every record on `topic`, read from the first offset to the
 /// high watermark each partition had when this was called (duplicates collapse: the relay
 /// is at-least-once).
-pub(super) async fn original_ids(brokers: &str, topic: &str) -> anyhow::Result<BTreeSet<String>> {
+async fn original_ids(brokers: &str, topic: &str) -> anyhow::Result<BTreeSet<String>> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || read(&brokers, &topic)).await?
 }

@@ -14,7 +14,7 @@
 pub mod auditor;
 pub mod broker;
 pub mod cluster;
-mod dlq;
+pub(crate) mod dlq;
 pub mod faults;
 mod lane;
 pub mod load;

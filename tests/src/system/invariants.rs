@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
+use sqlx::PgPool;
 
 use super::{Service, System};
 
@@ -108,6 +109,14 @@ impl System {
                 .fetch_one(&payments)
                 .await?;
         ensure!(authorized == 0, "{authorized} payments left authorized");
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'pending'")
+                .fetch_one(&payments)
+                .await?;
+        ensure!(
+            pending == 0,
+            "{pending} payments left pending (an authorization never finished nor voided)"
+        );
 
         // The ledger balances, per payment and overall.
         let unbalanced: i64 = sqlx::query_scalar(
@@ -131,6 +140,15 @@ impl System {
             "ledger debits {debits:?} != captured total {captured_total}"
         );
 
+        // Every message a service parked is accounted for, and nothing else is.
+        for (service, pool) in [
+            (Service::Checkout, &checkout),
+            (Service::Inventory, &inventory),
+            (Service::Payments, &payments),
+        ] {
+            self.check_parked(service, pool).await?;
+        }
+
         // The provider's books agree with payments': holds, captures, and none left behind.
         let (status, provider) = self.admin(Service::Payments, "/provider").await?;
         ensure!(
@@ -138,5 +156,24 @@ impl System {
             "payments' /provider answered {status}: {provider}"
         );
         crate::provider_books::check(&provider, &checkout, &payments).await
+    }
+
+    /// Every inbox row `service` parked has its dead letter, on `<service>.dlq` or still in
+    /// the outbox on its way there, and every dead letter has its parked row.
+    async fn check_parked(&self, service: Service, pool: &PgPool) -> anyhow::Result<()> {
+        let found = crate::chaos::dlq::parked(self, service, pool).await?;
+        let unlettered = found.unlettered();
+        ensure!(
+            unlettered.is_empty(),
+            "{}: parked {unlettered:?} but no dead letter carries them",
+            service.name()
+        );
+        let orphans = found.orphans();
+        ensure!(
+            orphans.is_empty(),
+            "{}: dead letters {orphans:?} without a parked inbox row",
+            service.name()
+        );
+        Ok(())
     }
 }
