@@ -3,16 +3,13 @@
 //!
 //! Retry, circuit breaking, hedging and throttling all need the same judgement, and only the
 //! caller knows its error type, so it is one small trait, [`Classifier`], passed to each
-//! layer. Ready-made: [`AllErrorsTransient`] (the default), [`HttpStatusClassifier`] for
-//! `http::Response` status codes, and `GrpcClassifier` for `tonic::Status` (cargo feature
-//! `tonic`). Errors raised by this crate's own layers ([`crate::ResilienceError`]) are
+//! layer. Ready-made: [`AllErrorsTransient`] (the default) and `GrpcClassifier` for
+//! `tonic::Status` (cargo feature `tonic`), the one the services use. Errors raised by this crate's own layers ([`crate::ResilienceError`]) are
 //! classified before the caller's classifier is asked, so an attempt timeout is always
 //! transient and an open breaker further in is never retried.
 
 use std::error::Error as StdError;
 use std::time::Duration;
-
-use http::{HeaderMap, StatusCode};
 
 use crate::error::ResilienceError;
 
@@ -94,79 +91,9 @@ impl<Res> Classifier<Res> for AllErrorsTransient {
 
 /// For HTTP clients: responses are judged by status, transport errors are transient.
 ///
-/// `429`, `408`, `502`, `503` and `504` are transient (honouring `Retry-After` given in
-/// seconds); other `5xx` are permanent failures; other `4xx` are the caller's fault.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HttpStatusClassifier;
-
-impl HttpStatusClassifier {
-    /// The class of a response with `status` and `headers`; `None` for success.
-    pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Option<ErrorClass> {
-        let retry_after = || parse_retry_after(headers);
-        match status.as_u16() {
-            408 => Some(ErrorClass::Transient { retry_after: None }),
-            429 | 502..=504 => Some(ErrorClass::Transient {
-                retry_after: retry_after(),
-            }),
-            500..=599 => Some(ErrorClass::Permanent),
-            400..=499 => Some(ErrorClass::CallerError),
-            _ => None,
-        }
-    }
-}
-
-impl<B> Classifier<http::Response<B>> for HttpStatusClassifier {
-    fn classify_error(&self, _error: ErrorRef<'_>) -> ErrorClass {
-        ErrorClass::Transient { retry_after: None }
-    }
-
-    fn classify_response(&self, response: &http::Response<B>) -> Option<ErrorClass> {
-        Self::classify_status(response.status(), response.headers())
-    }
-}
-
-/// `Retry-After` in delta-seconds. The HTTP-date form is ignored (no hint): services behind
-/// this stack send seconds, and a clock-skewed date is a poor hint anyway.
-pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn response(status: u16, retry_after: Option<&str>) -> http::Response<()> {
-        let mut builder = http::Response::builder().status(status);
-        if let Some(value) = retry_after {
-            builder = builder.header(http::header::RETRY_AFTER, value);
-        }
-        builder.body(()).unwrap()
-    }
-
-    #[test]
-    fn http_statuses_sort_into_transient_permanent_and_caller_errors() {
-        let c = HttpStatusClassifier;
-        assert_eq!(c.classify_response(&response(200, None)), None);
-        assert_eq!(
-            c.classify_response(&response(503, Some("3"))),
-            Some(ErrorClass::Transient {
-                retry_after: Some(Duration::from_secs(3))
-            })
-        );
-        assert_eq!(
-            c.classify_response(&response(429, Some("Wed, 21 Oct 2015 07:28:00 GMT"))),
-            Some(ErrorClass::Transient { retry_after: None })
-        );
-        assert_eq!(
-            c.classify_response(&response(500, None)),
-            Some(ErrorClass::Permanent)
-        );
-        assert_eq!(
-            c.classify_response(&response(404, None)),
-            Some(ErrorClass::CallerError)
-        );
-    }
 
     #[test]
     fn our_own_errors_are_judged_before_the_callers_classifier() {
@@ -174,7 +101,7 @@ mod tests {
             timeout: Duration::from_millis(5),
         }
         .boxed();
-        let class = classify::<_, http::Response<()>>(&HttpStatusClassifier, Err(&*timeout));
+        let class = classify::<_, ()>(&AllErrorsTransient, Err(&*timeout));
         assert_eq!(class, Some(ErrorClass::Transient { retry_after: None }));
         let open: tower::BoxError = ResilienceError::Throttled.boxed();
         assert_eq!(

@@ -54,16 +54,13 @@ pub use breaker::{
 pub use bulkhead::{
     Bulkhead, BulkheadConfig, BulkheadFuture, BulkheadService, KeyedBulkhead, KeyedBulkheadService,
 };
-pub use classify::{
-    AllErrorsTransient, Classifier, ErrorClass, ErrorRef, HttpStatusClassifier, parse_retry_after,
-};
+pub use classify::{AllErrorsTransient, Classifier, ErrorClass, ErrorRef};
 pub use deadline::{Deadline, Scoped};
 pub use edge::{EdgeConfig, EdgeService, EdgeStack, Recover, RecoverFuture, RecoverLayer};
 pub use error::{HttpRejection, ResilienceError};
 #[cfg(feature = "tonic")]
 pub use grpc::{GrpcClassifier, RETRY_PUSHBACK};
 pub use hedge::{HedgeConfig, HedgeFuture, HedgeLayer, HedgeService};
-pub use limit::Aimd;
 pub use rate_limit::{RateLimitConfig, RateLimitLayer, RateLimitService, RateLimiter, TokioClock};
 pub use reject::RejectOr;
 pub use retry::{
@@ -75,6 +72,5 @@ pub use shed::{
 pub use stack::{ClientConfig, ClientService, ClientStack};
 pub use throttle::{
     AdaptiveThrottle, ThrottleConfig, ThrottleFuture, ThrottleLayer, ThrottleService,
-    rejection_probability,
 };
 pub use timeout::{TimeoutConfig, TimeoutFuture, TimeoutLayer, TimeoutService};

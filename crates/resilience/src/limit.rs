@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// The AIMD rule with its bounds.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Aimd {
+pub(crate) struct Aimd {
     min: u32,
     max: u32,
     backoff_ratio: f64,
@@ -19,7 +19,7 @@ pub struct Aimd {
 impl Aimd {
     /// A rule keeping the limit within `min..=max`, multiplying it by `backoff_ratio`
     /// (in `(0, 1)`) on overload.
-    pub fn new(min: u32, max: u32, backoff_ratio: f64) -> Self {
+    pub(crate) fn new(min: u32, max: u32, backoff_ratio: f64) -> Self {
         let min = min.max(1);
         Self {
             min,
@@ -34,7 +34,7 @@ impl Aimd {
 
     /// The next limit after a request that completed with `inflight` requests in flight
     /// (itself included); `overloaded` when it signalled overload.
-    pub fn update(&self, limit: u32, inflight: u32, overloaded: bool) -> u32 {
+    pub(crate) fn update(&self, limit: u32, inflight: u32, overloaded: bool) -> u32 {
         let next = if overloaded {
             // Floor, so the limit always drops by at least one while above the minimum.
             (f64::from(limit) * self.backoff_ratio).floor() as u32
@@ -47,7 +47,7 @@ impl Aimd {
     }
 
     /// Whether a request that took `latency` signals overload, for `threshold`.
-    pub fn is_overload(latency: Duration, threshold: Duration) -> bool {
+    pub(crate) fn is_overload(latency: Duration, threshold: Duration) -> bool {
         latency >= threshold
     }
 }

@@ -112,7 +112,7 @@ impl ClientStack {
 }
 
 impl<C, I> ClientStack<C, I> {
-    /// Judge results with `classifier` (e.g. `GrpcClassifier`, `HttpStatusClassifier`).
+    /// Judge results with `classifier` (e.g. `GrpcClassifier`).
     pub fn classifier<C2>(self, classifier: C2) -> ClientStack<C2, I> {
         ClientStack {
             config: self.config,

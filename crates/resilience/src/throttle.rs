@@ -79,7 +79,7 @@ impl ThrottleConfig {
 }
 
 /// The SRE book's client-side rejection probability.
-pub fn rejection_probability(requests: u64, accepts: u64, k: f64) -> f64 {
+pub(crate) fn rejection_probability(requests: u64, accepts: u64, k: f64) -> f64 {
     let requests = requests as f64;
     ((requests - k * accepts as f64) / (requests + 1.0)).max(0.0)
 }
