@@ -52,7 +52,7 @@ use crate::admission::Admission;
 use crate::catalog::{Catalog, GrpcCatalog};
 use crate::catalog_cache::CachedCatalog;
 use crate::orchestrator::Orchestrator;
-use crate::orders::{self, Order, OrderLine, PlaceOrder, PlaceOrderError};
+use crate::orders::{self, Order, OrderLine, OrderStatus, PlaceOrder, PlaceOrderError};
 pub use error::ApiError;
 
 /// What every handler needs.
@@ -242,7 +242,7 @@ struct ItemBody {
 #[derive(Debug, Serialize)]
 struct Accepted {
     order_id: Uuid,
-    status: &'static str,
+    status: OrderStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -269,7 +269,7 @@ struct Cancellation {
 struct OrderView {
     order_id: Uuid,
     customer_id: String,
-    status: String,
+    status: OrderStatus,
     items: Vec<ItemView>,
     total: MoneyBody,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -335,7 +335,7 @@ async fn place_order(
     let location = format!("/v1/orders/{}", pending.id);
     let body = serde_json::to_vec(&Accepted {
         order_id: pending.id,
-        status: "PENDING",
+        status: OrderStatus::Pending,
     })
     .map_err(|_| ApiError::Internal)?;
     // The answer a retry with the same Idempotency-Key gets, stored with the order.

@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use faultline_proto::contract::validate_sku;
+use serde::Serialize;
 use sqlx::{FromRow, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -216,10 +217,11 @@ pub async fn place<C: Catalog>(
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO orders (id, customer_id, status, total_minor, currency)
-         VALUES ($1, $2, 'PENDING', $3, $4)",
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(order_id)
     .bind(&order.customer_id)
+    .bind(OrderStatus::Pending)
     .bind(total)
     .bind(&currency)
     .execute(&mut *tx)
@@ -249,6 +251,21 @@ pub async fn place<C: Catalog>(
     Ok(PendingOrder { id: order_id, tx })
 }
 
+/// Where an order stands. The column stays `text` (its CHECK constraint already refuses any
+/// other value, and old and new builds read it alike); the code reads it into this enum, so
+/// every `match` on a status is exhaustive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Placed; its saga is running.
+    Pending,
+    /// Stock committed and payment captured, or on their way: final.
+    Confirmed,
+    /// Compensated, with a cancellation code: final.
+    Cancelled,
+}
+
 /// An order as stored.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Order {
@@ -256,8 +273,8 @@ pub struct Order {
     pub id: Uuid,
     /// Who ordered.
     pub customer_id: String,
-    /// `PENDING`, `CONFIRMED` or `CANCELLED`.
-    pub status: String,
+    /// Where it stands.
+    pub status: OrderStatus,
     /// Sum of the lines, minor units.
     pub total_minor: i64,
     /// ISO 4217 code.

@@ -12,6 +12,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Orchestrator, OrderFacts, PRODUCER};
+use crate::orders::OrderStatus;
 use crate::saga::{Command, Decision};
 
 impl Orchestrator {
@@ -36,12 +37,11 @@ impl Orchestrator {
         let provenance = Self::provenance(order_id, cause);
         match decision {
             Decision::Confirm => {
-                sqlx::query(
-                    "UPDATE orders SET status = 'CONFIRMED', updated_at = now() WHERE id = $1",
-                )
-                .bind(order_id)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
+                    .bind(order_id)
+                    .bind(OrderStatus::Confirmed)
+                    .execute(&mut *tx)
+                    .await?;
                 tracing::info!(%order_id, "order confirmed");
                 let event = orders::OrderConfirmed {
                     order_id: order_id.to_string(),
@@ -55,13 +55,14 @@ impl Orchestrator {
             }
             Decision::Cancel { code, reason } => {
                 sqlx::query(
-                    "UPDATE orders SET status = 'CANCELLED', cancellation_code = $2,
+                    "UPDATE orders SET status = $4, cancellation_code = $2,
                             cancellation_reason = $3, updated_at = now()
                      WHERE id = $1",
                 )
                 .bind(order_id)
                 .bind(code.as_str())
                 .bind(reason)
+                .bind(OrderStatus::Cancelled)
                 .execute(&mut *tx)
                 .await?;
                 tracing::info!(%order_id, %code, %reason, "order cancelled");
