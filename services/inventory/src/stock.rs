@@ -38,12 +38,12 @@ pub enum Reservation {
 #[derive(Debug, thiserror::Error)]
 pub enum StockError {
     /// Committing needs a live reservation.
-    #[error("order {order_id} has no reservation to commit (state: {state})")]
+    #[error("order {order_id} has no reservation to commit (state: {state:?})")]
     NothingToCommit {
         /// The order.
         order_id: Uuid,
-        /// What the reservation is instead.
-        state: String,
+        /// What the reservation is instead; `None` when there is none.
+        state: Option<ReservationState>,
     },
     /// Sold stock is not given back by a release.
     #[error("order {order_id} has committed stock, which cannot be released")]
@@ -56,9 +56,24 @@ pub enum StockError {
     Database(#[from] sqlx::Error),
 }
 
+/// Where an order's reservation is, as the `reservations.state` column holds it (text, with
+/// a CHECK naming exactly these). Read into this enum so that every `match` is exhaustive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum ReservationState {
+    /// Stock is held for the order.
+    Reserved,
+    /// There was not enough stock (or the lines were invalid); nothing is held.
+    Rejected,
+    /// Given back, or released before any reservation: final, a later reserve is refused.
+    Released,
+    /// Sold: final.
+    Committed,
+}
+
 #[derive(Debug, FromRow)]
 struct Existing {
-    state: String,
+    state: ReservationState,
     reason: Option<String>,
 }
 
@@ -81,12 +96,12 @@ pub async fn reserve(
     lines: &[Line],
 ) -> Result<Reservation, StockError> {
     if let Some(existing) = lock_reservation(conn, order_id).await? {
-        return Ok(match existing.state.as_str() {
-            "reserved" | "committed" => Reservation::Reserved,
-            "released" => Reservation::Rejected {
+        return Ok(match existing.state {
+            ReservationState::Reserved | ReservationState::Committed => Reservation::Reserved,
+            ReservationState::Released => Reservation::Rejected {
                 reason: "the order's reservation was already released".into(),
             },
-            _ => Reservation::Rejected {
+            ReservationState::Rejected => Reservation::Rejected {
                 reason: existing.reason.unwrap_or_else(|| "rejected".into()),
             },
         });
@@ -101,8 +116,8 @@ pub async fn reserve(
     };
 
     let (state, reason) = match &outcome {
-        Reservation::Reserved => ("reserved", None),
-        Reservation::Rejected { reason } => ("rejected", Some(reason.as_str())),
+        Reservation::Reserved => (ReservationState::Reserved, None),
+        Reservation::Rejected { reason } => (ReservationState::Rejected, Some(reason.as_str())),
     };
     sqlx::query("INSERT INTO reservations (order_id, state, reason) VALUES ($1, $2, $3)")
         .bind(order_id)
@@ -197,21 +212,23 @@ pub async fn release(conn: &mut PgConnection, order_id: Uuid) -> Result<(), Stoc
         None => {
             sqlx::query(
                 "INSERT INTO reservations (order_id, state, reason)
-                 VALUES ($1, 'released', 'released before any reservation')",
+                 VALUES ($1, $2, 'released before any reservation')",
             )
             .bind(order_id)
+            .bind(ReservationState::Released)
             .execute(&mut *conn)
             .await?;
             Ok(())
         }
-        Some(existing) => match existing.state.as_str() {
-            "reserved" => {
+        Some(existing) => match existing.state {
+            ReservationState::Reserved => {
                 move_reserved(conn, order_id, Bucket::Available).await?;
-                set_state(conn, order_id, "released").await?;
+                set_state(conn, order_id, ReservationState::Released).await?;
                 Ok(())
             }
-            "committed" => Err(StockError::AlreadyCommitted { order_id }),
-            _ => Ok(()), // rejected or released: nothing is held
+            ReservationState::Committed => Err(StockError::AlreadyCommitted { order_id }),
+            // Nothing is held.
+            ReservationState::Rejected | ReservationState::Released => Ok(()),
         },
     }
 }
@@ -219,18 +236,17 @@ pub async fn release(conn: &mut PgConnection, order_id: Uuid) -> Result<(), Stoc
 /// Turns a reservation into sold stock. Idempotent.
 #[tracing::instrument(name = "stock commit", skip_all, fields(db.system.name = "postgresql", order.id = %order_id))]
 pub async fn commit(conn: &mut PgConnection, order_id: Uuid) -> Result<(), StockError> {
-    let state = lock_reservation(conn, order_id)
-        .await?
-        .map(|e| e.state)
-        .unwrap_or_else(|| "none".into());
-    match state.as_str() {
-        "reserved" => {
+    let state = lock_reservation(conn, order_id).await?.map(|e| e.state);
+    match state {
+        Some(ReservationState::Reserved) => {
             move_reserved(conn, order_id, Bucket::Sold).await?;
-            set_state(conn, order_id, "committed").await?;
+            set_state(conn, order_id, ReservationState::Committed).await?;
             Ok(())
         }
-        "committed" => Ok(()),
-        _ => Err(StockError::NothingToCommit { order_id, state }),
+        Some(ReservationState::Committed) => Ok(()),
+        Some(ReservationState::Rejected | ReservationState::Released) | None => {
+            Err(StockError::NothingToCommit { order_id, state })
+        }
     }
 }
 
@@ -276,7 +292,7 @@ async fn move_reserved(
 async fn set_state(
     conn: &mut PgConnection,
     order_id: Uuid,
-    state: &str,
+    state: ReservationState,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE reservations SET state = $2, updated_at = now() WHERE order_id = $1")
         .bind(order_id)
