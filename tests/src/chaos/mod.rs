@@ -66,8 +66,9 @@ impl Settings {
                 stop: Duration::from_secs(3),
                 redis: Duration::from_secs(3),
             },
-            // Kills drain in 35-60 s on a busy machine (docs/resilience.md); the bound only
-            // costs time when something is stuck.
+            // Phases drain in 3-15 s (docs/resilience.md); the bound is generous because it
+            // only costs time when something is stuck, and a dynamic member (no
+            // GROUP_INSTANCE_ID) would take a minute after a kill.
             quiesce: Duration::from_secs(150),
             step_timeout: Duration::from_secs(15),
             only: Vec::new(),
@@ -153,8 +154,8 @@ impl Settings {
 }
 
 /// Runs the matrix and returns its report. Faults are spread over `settings.lanes` rigs
-/// that run at once (kills cost the most: each waits out the consumer session of the member
-/// it killed, so they are spread first); the table lists them in matrix order.
+/// that run at once (kills cost the most: a restart, then readiness, so they are spread
+/// first); the table lists them in matrix order.
 pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     println!("chaos: seed {} ({})", settings.seed, settings.describe());
     let faults: Vec<(usize, Fault)> = Fault::all()
