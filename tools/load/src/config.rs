@@ -182,6 +182,8 @@ pub struct Steady {
 
 /// A ramp: rates `start`, `start + step`, ... up to `max`, each for `step_duration`.
 #[derive(Debug, Clone, Copy, Args)]
+// Its argument group must not be called `Ramp`, the subcommand's own name.
+#[group(id = "ramp_plan")]
 pub struct Ramp {
     /// First rate.
     #[arg(long, default_value = "25", value_parser = parse_rate)]
@@ -218,6 +220,8 @@ pub enum SloLatency {
 
 /// What `local` measures besides the load.
 #[derive(Debug, Clone, Args)]
+// Its argument group must not be called `Local`, the subcommand's own name.
+#[group(id = "local_options")]
 pub struct Local {
     /// How orders' ends are observed.
     #[arg(long, value_enum, default_value_t = TerminalSource::Events)]
@@ -312,6 +316,24 @@ pub fn check_loopback(url: &str, allow_remote: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap checks its own definition only when a debug build parses, so a clash (two
+        // argument groups with one name) would pass a release-only `make load` unseen.
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        Cli::try_parse_from([
+            "faultline-load",
+            "local",
+            "run",
+            "--rate",
+            "5",
+            "--duration",
+            "2s",
+        ])
+        .expect("`local run` parses");
+    }
 
     #[test]
     fn durations_read_with_units() {
