@@ -79,7 +79,10 @@ pub async fn run(
         Some(ceiling)
     };
 
-    eprintln!("[load] starting a fresh system (release binaries)");
+    eprintln!(
+        "[load] starting a fresh system (binaries from {})",
+        std::env::var("FAULTLINE_BIN_DIR").unwrap_or_else(|_| "beside this tool".into())
+    );
     let options = Options {
         saga_step_timeout: local.saga_step_timeout,
         extra_env: Service::ALL
