@@ -47,3 +47,8 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     migrator().run(pool).await
 }
+
+/// The README's example, compiled as a doctest (it needs Postgres to run).
+#[doc = include_str!("../README.md")]
+#[cfg(all(doctest, feature = "axum"))]
+pub struct ReadmeDoctests;
