@@ -14,7 +14,9 @@ mod redis;
 
 pub use redis::RedisServer;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::PgPool;
@@ -94,10 +96,15 @@ impl TestDatabase {
 /// may take it before the child process binds it, which made services fail to start now and
 /// then with "address already in use".
 ///
+/// A port is never handed out twice in one process: a system asks for several at once
+/// (each service's API and admin ports) before any is bound, and two random picks from the
+/// range met now and then (one `make test` in about twenty: "address already in use").
+///
 /// # Panics
 /// If no port in the range is free after many tries.
 pub fn free_port() -> u16 {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -111,9 +118,25 @@ pub fn free_port() -> u16 {
     for attempt in 0..SPAN {
         let candidate = LOW + seed.wrapping_add(attempt.wrapping_mul(7_919)) % SPAN;
         let port = u16::try_from(candidate).expect("below 32768");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+        let given = given.get_or_insert_with(HashSet::new);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
     panic!("no free port in {LOW}..{}", LOW + SPAN);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_handed_out_are_never_handed_out_again() {
+        // Two thousand picks from 12 000 ports: random choice alone repeats one almost surely.
+        let ports: Vec<u16> = (0..2_000).map(|_| free_port()).collect();
+        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+    }
 }
