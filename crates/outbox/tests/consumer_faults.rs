@@ -40,9 +40,9 @@ fn policy() -> StallPolicy {
     }
 }
 
-/// A one-partition topic holding `RECORDS` records.
-async fn topic_with_records() -> String {
-    let topic = unique("wd").replace('_', ".");
+/// A fresh one-partition topic named after `prefix`.
+async fn one_partition_topic(prefix: &str) -> String {
+    let topic = unique(prefix).replace('_', ".");
     ensure_topics(
         &kafka_brokers(),
         &[TopicSpec {
@@ -53,6 +53,12 @@ async fn topic_with_records() -> String {
     )
     .await
     .unwrap();
+    topic
+}
+
+/// A one-partition topic holding `RECORDS` records.
+async fn topic_with_records() -> String {
+    let topic = one_partition_topic("wd").await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
         .create()
@@ -341,17 +347,7 @@ impl Handler for RefusesRepeats {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_redelivery_of_a_finished_record_is_a_duplicate_not_a_parked_record() {
     let db = database().await;
-    let topic = unique("wd-repeat").replace('_', ".");
-    ensure_topics(
-        &kafka_brokers(),
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: 1,
-            replication_factor: 1,
-        }],
-    )
-    .await
-    .unwrap();
+    let topic = one_partition_topic("wd-repeat").await;
     // The same event twice, as a relay that lost its lock session mid-round sends it.
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
