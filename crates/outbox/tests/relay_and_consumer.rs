@@ -33,26 +33,33 @@ async fn three_relays_share_the_slots_and_keep_each_aggregates_order() {
 
     let shutdown = CancellationToken::new();
     let mut relays = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         relays.push(tokio::spawn(
             relay(&db.pool, fast_relays()).run(shutdown.clone()),
         ));
     }
-
-    // Writers keep going while the relays run; each aggregate's messages are written in order.
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let pool = db.pool.clone();
-            let topic = topic.clone();
-            tokio::spawn(async move {
-                for seq in 0..PER_AGGREGATE {
-                    for agg in (w..AGGREGATES).step_by(4) {
-                        write(&pool, &topic, agg, seq).await;
-                    }
+    // The third relay is the one that dies. It runs the same rounds, but the test decides
+    // when it stops publishing, so that it dies owning rows it never sent.
+    let stall = CancellationToken::new();
+    let (owned_tx, owned_rx) = tokio::sync::oneshot::channel();
+    let victim = {
+        let mut victim = relay(&db.pool, fast_relays());
+        let stall = stall.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stall.cancelled() => break,
+                    ticked = victim.tick() => ticked.unwrap(),
                 }
-            })
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = owned_tx.send(victim.owned_slots().clone());
+            // Stalled, as a process stuck in a long GC pause or a hung syscall is: its lock
+            // session stays open, so nobody else may publish its slots, until it dies.
+            std::future::pending::<()>().await;
+            drop(victim);
         })
-        .collect();
+    };
 
     // All three hold a fair share of the 64 slots at once.
     let started = Instant::now();
@@ -71,12 +78,47 @@ async fn three_relays_share_the_slots_and_keep_each_aggregates_order() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    stall.cancel();
+    let stalled: Vec<i32> = owned_rx.await.unwrap().into_iter().collect();
+    assert!(stalled.len() >= 20, "the victim held {stalled:?}");
 
-    // One relay dies mid-stream; the other two take its slots over.
-    relays.remove(0).abort();
-    for writer in writers {
-        writer.await.unwrap();
-    }
+    // Writers keep going before and after the death; each aggregate's messages are written
+    // in order. The first half lands while the victim still holds its slots.
+    let write_half = |range: std::ops::Range<usize>| {
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (pool, topic, range) = (db.pool.clone(), topic.clone(), range.clone());
+                tokio::spawn(async move {
+                    for seq in range {
+                        for agg in (w..AGGREGATES).step_by(4) {
+                            write(&pool, &topic, agg, seq).await;
+                        }
+                    }
+                })
+            })
+            .collect::<Vec<_>>();
+        async move {
+            for writer in writers {
+                writer.await.unwrap();
+            }
+        }
+    };
+    write_half(0..PER_AGGREGATE / 2).await;
+    let stranded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL AND slot = ANY($1)",
+    )
+    .bind(&stalled)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(stranded > 0, "the victim's slots hold no rows to strand");
+
+    // It dies with those rows unsent; the other two take its slots over and send them, in
+    // order with what the writers add meanwhile. Dropping the task closes its connections, as
+    // the kernel does when a process dies; a host that dies without closing them is
+    // `tests/tests/frozen_peers.rs`.
+    victim.abort();
+    write_half(PER_AGGREGATE / 2..PER_AGGREGATE).await;
     let arrivals = read_all(&topic, AGGREGATES * PER_AGGREGATE).await;
     assert_in_order(&arrivals, AGGREGATES, PER_AGGREGATE);
 
