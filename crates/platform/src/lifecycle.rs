@@ -84,6 +84,7 @@ impl Lifecycle {
                 }
             }),
         );
+        let router = router.layer(axum::middleware::from_fn(crate::http::refuse_large_heads));
         let listener = tokio::net::TcpListener::bind(admin.listen).await?;
         tracing::info!(addr = %admin.listen, "admin server listening");
         let stop = admin_stop.clone();

@@ -38,6 +38,8 @@ pub enum ProblemType {
     MalformedJson,
     /// The body is over the limit.
     BodyTooLarge,
+    /// The request line and headers together are over the limit.
+    HeadersTooLarge,
     /// The body ended early or could not be decoded.
     UnreadableBody,
     /// The body is not `application/json`.
@@ -75,7 +77,7 @@ pub enum ProblemType {
 
 impl ProblemType {
     /// Every type, for the catalog's own checks.
-    pub const ALL: [Self; 27] = [
+    pub const ALL: [Self; 28] = [
         Self::Unauthenticated,
         Self::InvalidToken,
         Self::InvalidAuthorization,
@@ -87,6 +89,7 @@ impl ProblemType {
         Self::IdempotencyKeyReused,
         Self::MalformedJson,
         Self::BodyTooLarge,
+        Self::HeadersTooLarge,
         Self::UnreadableBody,
         Self::UnsupportedMediaType,
         Self::InvalidBody,
@@ -159,6 +162,11 @@ impl ProblemType {
                 S::PAYLOAD_TOO_LARGE,
                 "body-too-large",
                 "The body is too large",
+            ),
+            Self::HeadersTooLarge => (
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "The request headers are too large",
             ),
             Self::UnreadableBody => (
                 S::BAD_REQUEST,
