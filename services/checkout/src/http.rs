@@ -36,10 +36,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use faultline_auth::{Access, AuthLayer, AuthorizeLayer, JwtVerifier, Policy, Principal, Resource};
+use faultline_domain::Sku;
 use faultline_idempotency::Store;
 use faultline_idempotency::layer::{IdempotencyLayer, IdempotencyLease, stored_response};
 use faultline_platform::drain::DrainBodyLayer;
-use faultline_proto::contract::validate_sku;
 use faultline_resilience::{EdgeConfig, EdgeStack, HttpRejection, Priority, RecoverLayer};
 use faultline_telemetry::http::HttpServerLayer;
 use faultline_telemetry::metrics::Metrics;
@@ -52,7 +52,7 @@ use crate::admission::Admission;
 use crate::catalog::{Catalog, GrpcCatalog};
 use crate::catalog_cache::CachedCatalog;
 use crate::orchestrator::Orchestrator;
-use crate::orders::{self, Order, OrderLine, OrderStatus, PlaceOrder, PlaceOrderError};
+use crate::orders::{self, Order, OrderStatus, PlaceOrder, PlaceOrderError};
 pub use error::ApiError;
 
 /// What every handler needs.
@@ -198,9 +198,10 @@ async fn get_product(
     State(state): State<AppState>,
     Path(sku): Path<String>,
 ) -> Result<Json<ProductView>, ApiError> {
-    if validate_sku(&sku).is_err() {
+    let Ok(parsed) = Sku::parse(sku.as_str()) else {
         return Err(ApiError::ProductNotFound(sku));
-    }
+    };
+    let sku = parsed.to_string();
     let lookup = state
         .catalog
         .lookup(std::slice::from_ref(&sku), None)
@@ -319,17 +320,8 @@ async fn place_order(
     body: Result<Json<PlaceOrderBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    let request = PlaceOrder {
-        customer_id: principal.subject,
-        lines: body
-            .items
-            .into_iter()
-            .map(|item| OrderLine {
-                sku: item.sku,
-                quantity: item.quantity,
-            })
-            .collect(),
-    };
+    let items = body.items.into_iter().map(|item| (item.sku, item.quantity));
+    let request = PlaceOrder::parse(&principal.subject, items).map_err(ApiError::Invalid)?;
     let mut pending =
         orders::place(&state.pool, &state.catalog, &state.orchestrator, request).await?;
     let location = format!("/v1/orders/{}", pending.id);

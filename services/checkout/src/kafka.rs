@@ -1,9 +1,9 @@
 //! The Kafka adapter: participants' answers in, saga transitions out, each in one
 //! transaction with the inbox row; and inventory's catalog changes in, cache entries out.
 
+use faultline_domain::Sku;
 use faultline_outbox::consumer::{Handler, HandlerError, Incoming};
 use faultline_platform::messaging::{aggregate_uuid, open, open_envelope};
-use faultline_proto::contract::validate_sku;
 use faultline_proto::envelope::Envelope;
 use faultline_proto::inventory::v1 as inventory;
 use faultline_proto::payments::v1 as payments;
@@ -39,15 +39,15 @@ enum Received {
     /// A participant's answer: the saga event it stands for.
     Saga(Event),
     /// Inventory changed a product: its cached entry goes.
-    ProductChanged { sku: String },
+    ProductChanged { sku: Sku },
 }
 
 impl Received {
     fn from_envelope(envelope: &Envelope) -> Result<Self, HandlerError> {
         if envelope.is::<inventory::ProductChanged>() {
             let event: inventory::ProductChanged = open(envelope)?;
-            validate_sku(&event.sku).map_err(HandlerError::Permanent)?;
-            return Ok(Self::ProductChanged { sku: event.sku });
+            let sku = Sku::parse(event.sku).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+            return Ok(Self::ProductChanged { sku });
         }
         saga_event(envelope).map(Self::Saga)
     }
@@ -106,7 +106,7 @@ impl Handler for EventHandler {
     ) -> Result<(), HandlerError> {
         let envelope = open_envelope(message)?;
         match Received::from_envelope(&envelope)? {
-            Received::ProductChanged { sku } => self.product_changed(&sku).await,
+            Received::ProductChanged { sku } => self.product_changed(sku.as_str()).await,
             Received::Saga(event) => {
                 let order_id = aggregate_uuid(&envelope)?;
                 self.orchestrator

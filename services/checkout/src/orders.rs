@@ -5,35 +5,31 @@
 //! only if its saga has started.
 
 use chrono::{DateTime, Utc};
-use faultline_proto::contract::validate_sku;
+use faultline_domain::{Currency, CustomerId, Money, MoneyError, Sku};
 use serde::Serialize;
 use sqlx::{FromRow, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, CatalogItem};
 use crate::orchestrator::{Orchestrator, OrderFacts};
 
 /// Most lines in one order.
 pub const MAX_LINES: usize = 50;
 /// Most units of one product in one order.
 pub const MAX_QUANTITY: i64 = 1_000;
-/// Longest customer id (the token's subject).
-pub const MAX_CUSTOMER_ID_LEN: usize = 255;
 
-/// A request to place an order.
+/// A request to place an order, parsed ([`PlaceOrder::parse`]): every rule holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaceOrder {
-    /// Who orders: the authenticated caller, never a field of the request body.
-    pub customer_id: String,
-    /// What, in which quantities.
-    pub lines: Vec<OrderLine>,
+    customer_id: CustomerId,
+    lines: Vec<OrderLine>,
 }
 
 /// One requested line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderLine {
-    /// The product.
-    pub sku: String,
+    /// The product; no other line of the order names it.
+    pub sku: Sku,
     /// Units, 1 to [`MAX_QUANTITY`].
     pub quantity: i64,
 }
@@ -76,64 +72,124 @@ pub enum PlaceOrderError {
     Database(#[from] sqlx::Error),
 }
 
-/// Checks every rule and reports all broken ones at once.
-pub fn validate(order: &PlaceOrder) -> Result<(), Vec<FieldError>> {
-    let mut errors = Vec::new();
-    let customer = &order.customer_id;
-    if customer.is_empty()
-        || customer.len() > MAX_CUSTOMER_ID_LEN
-        || !customer.bytes().all(|b| b.is_ascii_graphic())
-    {
-        errors.push(FieldError::new(
-            "sub",
-            format!(
-                "the token's subject must be 1 to {MAX_CUSTOMER_ID_LEN} visible ASCII characters"
-            ),
-        ));
-    }
-    if order.lines.is_empty() {
-        errors.push(FieldError::new("items", "must contain at least one item"));
-    }
-    if order.lines.len() > MAX_LINES {
-        errors.push(FieldError::new(
-            "items",
-            format!("must contain at most {MAX_LINES} items"),
-        ));
-    }
-    for (i, line) in order.lines.iter().enumerate() {
-        if let Err(message) = validate_sku(&line.sku) {
-            errors.push(FieldError::new(format!("items[{i}].sku"), message));
-        } else if order.lines[..i]
-            .iter()
-            .any(|earlier| earlier.sku == line.sku)
-        {
+impl PlaceOrder {
+    /// Parses an order of `items` (SKU, quantity) for `customer` (the authenticated caller,
+    /// never a field of the request body), reporting every broken rule at once.
+    pub fn parse(
+        customer: &str,
+        items: impl IntoIterator<Item = (String, i64)>,
+    ) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let customer_id = CustomerId::parse(customer)
+            .map_err(|e| errors.push(FieldError::new("sub", format!("the token's subject: {e}"))))
+            .ok();
+        let items: Vec<(String, i64)> = items.into_iter().collect();
+        if items.is_empty() {
+            errors.push(FieldError::new("items", "must contain at least one item"));
+        }
+        if items.len() > MAX_LINES {
             errors.push(FieldError::new(
-                format!("items[{i}].sku"),
-                format!(
-                    "{} appears more than once; use one line per product",
-                    line.sku
-                ),
+                "items",
+                format!("must contain at most {MAX_LINES} items"),
             ));
         }
-        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-            errors.push(FieldError::new(
-                format!("items[{i}].quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            ));
+        let mut lines: Vec<OrderLine> = Vec::with_capacity(items.len());
+        for (i, (sku, quantity)) in items.into_iter().enumerate() {
+            let sku = match Sku::parse(sku) {
+                Err(e) => {
+                    errors.push(FieldError::new(format!("items[{i}].sku"), e.to_string()));
+                    None
+                }
+                Ok(sku) if lines.iter().any(|earlier| earlier.sku == sku) => {
+                    errors.push(FieldError::new(
+                        format!("items[{i}].sku"),
+                        format!("{sku} appears more than once; use one line per product"),
+                    ));
+                    None
+                }
+                Ok(sku) => Some(sku),
+            };
+            if !(1..=MAX_QUANTITY).contains(&quantity) {
+                errors.push(FieldError::new(
+                    format!("items[{i}].quantity"),
+                    format!("must be between 1 and {MAX_QUANTITY}"),
+                ));
+            }
+            lines.extend(sku.map(|sku| OrderLine { sku, quantity }));
+        }
+        match customer_id {
+            Some(customer_id) if errors.is_empty() => Ok(Self { customer_id, lines }),
+            _ => Err(errors),
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
+
+    /// Who orders.
+    pub fn customer_id(&self) -> &CustomerId {
+        &self.customer_id
+    }
+
+    /// What, in which quantities: at least one line.
+    pub fn lines(&self) -> &[OrderLine] {
+        &self.lines
     }
 }
 
+/// An order priced from the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priced {
+    lines: Vec<PricedLine>,
+    total: Money,
+}
+
+/// Prices `lines` from the catalog's `found` items: one currency for the whole order and a
+/// total that fits, or the reason why not. Pure, so every rule is unit-tested.
+pub fn price(lines: &[OrderLine], found: &[CatalogItem]) -> Result<Priced, PlaceOrderError> {
+    let unpriceable = |e: MoneyError| match e {
+        MoneyError::CurrencyMismatch(..) => {
+            PlaceOrderError::Unpriceable("the items are priced in different currencies".into())
+        }
+        MoneyError::Overflow => PlaceOrderError::Unpriceable("the order total is too large".into()),
+        MoneyError::Negative => PlaceOrderError::Unpriceable("a price is negative".into()),
+    };
+    let mut priced = Vec::with_capacity(lines.len());
+    let mut total: Option<Money> = None;
+    for line in lines {
+        let Some(item) = found.iter().find(|item| item.sku == line.sku.as_str()) else {
+            return Err(PlaceOrderError::UnknownSkus(vec![line.sku.to_string()]));
+        };
+        let currency = Currency::parse(&item.currency)
+            .map_err(|e| PlaceOrderError::Unpriceable(format!("{}: {e}", line.sku)))?;
+        let unit = Money::new(item.unit_price_minor, currency).map_err(unpriceable)?;
+        let line_total = unit.checked_times(line.quantity).map_err(unpriceable)?;
+        total = Some(match total {
+            None => line_total,
+            Some(sum) => sum.checked_add(line_total).map_err(unpriceable)?,
+        });
+        priced.push(PricedLine {
+            sku: line.sku.clone(),
+            name: item.name.clone(),
+            quantity: line.quantity,
+            unit_price: unit,
+        });
+    }
+    let total = total.ok_or_else(|| {
+        PlaceOrderError::Invalid(vec![FieldError::new(
+            "items",
+            "must contain at least one item",
+        )])
+    })?;
+    Ok(Priced {
+        lines: priced,
+        total,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct PricedLine {
-    sku: String,
+    sku: Sku,
     name: String,
     quantity: i64,
-    unit_price_minor: i64,
+    unit_price: Money,
 }
 
 /// An order written in a transaction that is not committed yet, so the caller can add what
@@ -161,56 +217,21 @@ impl PendingOrder {
 
 /// Validates, prices and writes `order` and starts its saga, in one transaction that the
 /// caller commits ([`PendingOrder::commit`]). Dropping the result rolls everything back.
-#[tracing::instrument(name = "order place", skip_all, fields(order.id = tracing::field::Empty, customer.id = %order.customer_id))]
+#[tracing::instrument(name = "order place", skip_all, fields(order.id = tracing::field::Empty, customer.id = %order.customer_id()))]
 pub async fn place<C: Catalog>(
     pool: &PgPool,
     catalog: &C,
     orchestrator: &Orchestrator,
     order: PlaceOrder,
 ) -> Result<PendingOrder, PlaceOrderError> {
-    validate(&order).map_err(PlaceOrderError::Invalid)?;
-    let skus: Vec<String> = order.lines.iter().map(|l| l.sku.clone()).collect();
-    let lookup = catalog.lookup(&skus, Some(&order.customer_id)).await?;
+    let skus: Vec<String> = order.lines.iter().map(|l| l.sku.to_string()).collect();
+    let lookup = catalog
+        .lookup(&skus, Some(order.customer_id.as_str()))
+        .await?;
     if !lookup.missing.is_empty() {
         return Err(PlaceOrderError::UnknownSkus(lookup.missing));
     }
-
-    let mut priced = Vec::with_capacity(order.lines.len());
-    let mut currency: Option<&str> = None;
-    let mut total: i64 = 0;
-    for line in &order.lines {
-        let Some(item) = lookup.found.iter().find(|item| item.sku == line.sku) else {
-            return Err(PlaceOrderError::UnknownSkus(vec![line.sku.clone()]));
-        };
-        match currency {
-            None => currency = Some(&item.currency),
-            Some(c) if c != item.currency => {
-                return Err(PlaceOrderError::Unpriceable(
-                    "the items are priced in different currencies".into(),
-                ));
-            }
-            Some(_) => {}
-        }
-        total = line
-            .quantity
-            .checked_mul(item.unit_price_minor)
-            .and_then(|line_total| total.checked_add(line_total))
-            .ok_or_else(|| PlaceOrderError::Unpriceable("the order total is too large".into()))?;
-        priced.push(PricedLine {
-            sku: line.sku.clone(),
-            name: item.name.clone(),
-            quantity: line.quantity,
-            unit_price_minor: item.unit_price_minor,
-        });
-    }
-    let currency = currency
-        .ok_or_else(|| {
-            PlaceOrderError::Invalid(vec![FieldError::new(
-                "items",
-                "must contain at least one item",
-            )])
-        })?
-        .to_owned();
+    let Priced { lines, total } = price(&order.lines, &lookup.found)?;
 
     let order_id = Uuid::now_v7();
     tracing::Span::current().record("order.id", tracing::field::display(order_id));
@@ -220,16 +241,16 @@ pub async fn place<C: Catalog>(
          VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(order_id)
-    .bind(&order.customer_id)
+    .bind(order.customer_id.as_str())
     .bind(OrderStatus::Pending)
-    .bind(total)
-    .bind(&currency)
+    .bind(total.minor())
+    .bind(total.currency().as_str())
     .execute(&mut *tx)
     .await?;
-    let skus: Vec<&str> = priced.iter().map(|l| l.sku.as_str()).collect();
-    let names: Vec<&str> = priced.iter().map(|l| l.name.as_str()).collect();
-    let quantities: Vec<i64> = priced.iter().map(|l| l.quantity).collect();
-    let prices: Vec<i64> = priced.iter().map(|l| l.unit_price_minor).collect();
+    let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
+    let names: Vec<&str> = lines.iter().map(|l| l.name.as_str()).collect();
+    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+    let prices: Vec<i64> = lines.iter().map(|l| l.unit_price.minor()).collect();
     sqlx::query(
         "INSERT INTO order_items (order_id, sku, name, quantity, unit_price_minor)
          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[])",
@@ -242,9 +263,9 @@ pub async fn place<C: Catalog>(
     .execute(&mut *tx)
     .await?;
     let facts = OrderFacts {
-        customer_id: order.customer_id.clone(),
-        total_minor: total,
-        currency: currency.clone(),
+        customer_id: order.customer_id.to_string(),
+        total_minor: total.minor(),
+        currency: total.currency().to_string(),
         created_at: chrono::Utc::now(),
     };
     orchestrator.start(&mut tx, order_id, &facts).await?;
@@ -333,38 +354,47 @@ pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error>
 mod tests {
     use super::*;
 
-    fn order(lines: &[(&str, i64)]) -> PlaceOrder {
-        PlaceOrder {
-            customer_id: "customer-1".into(),
-            lines: lines
-                .iter()
-                .map(|(sku, quantity)| OrderLine {
-                    sku: (*sku).into(),
-                    quantity: *quantity,
-                })
-                .collect(),
-        }
+    fn parse(customer: &str, lines: &[(&str, i64)]) -> Result<PlaceOrder, Vec<FieldError>> {
+        PlaceOrder::parse(customer, lines.iter().map(|(s, q)| ((*s).to_owned(), *q)))
     }
 
-    fn fields(result: Result<(), Vec<FieldError>>) -> Vec<String> {
+    fn order(lines: &[(&str, i64)]) -> PlaceOrder {
+        parse("customer-1", lines).unwrap()
+    }
+
+    fn fields(result: Result<PlaceOrder, Vec<FieldError>>) -> Vec<String> {
         result.unwrap_err().into_iter().map(|e| e.field).collect()
     }
 
+    fn item(sku: &str, price: i64, currency: &str) -> CatalogItem {
+        CatalogItem {
+            sku: sku.into(),
+            name: format!("the {sku}"),
+            unit_price_minor: price,
+            currency: currency.into(),
+            available: 10,
+        }
+    }
+
     #[test]
-    fn a_sound_order_passes() {
-        assert_eq!(validate(&order(&[("LAMP-01", 1), ("DESK-02", 3)])), Ok(()));
+    fn a_sound_order_parses() {
+        let order = order(&[("LAMP-01", 1), ("DESK-02", 3)]);
+        assert_eq!(order.customer_id().as_str(), "customer-1");
+        assert_eq!(order.lines().len(), 2);
     }
 
     #[test]
     fn every_broken_rule_is_reported_with_its_field() {
-        let mut bad = order(&[
-            ("LAMP 01", 0),
-            ("DESK-02", MAX_QUANTITY + 1),
-            ("DESK-02", 1),
-        ]);
-        bad.customer_id = String::new();
+        let bad = parse(
+            "",
+            &[
+                ("LAMP 01", 0),
+                ("DESK-02", MAX_QUANTITY + 1),
+                ("DESK-02", 1),
+            ],
+        );
         assert_eq!(
-            fields(validate(&bad)),
+            fields(bad),
             vec![
                 "sub",
                 "items[0].sku",
@@ -377,13 +407,57 @@ mod tests {
 
     #[test]
     fn an_empty_order_is_invalid() {
-        assert_eq!(fields(validate(&order(&[]))), vec!["items"]);
+        assert_eq!(fields(parse("customer-1", &[])), vec!["items"]);
     }
 
     #[test]
     fn too_many_lines_are_invalid() {
         let skus: Vec<String> = (0..=MAX_LINES).map(|i| format!("SKU-{i}")).collect();
         let lines: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 1)).collect();
-        assert_eq!(fields(validate(&order(&lines))), vec!["items"]);
+        assert_eq!(fields(parse("customer-1", &lines)), vec!["items"]);
+    }
+
+    #[test]
+    fn the_total_is_the_sum_of_quantity_times_unit_price() {
+        let order = order(&[("LAMP-01", 2), ("DESK-02", 3)]);
+        let found = [
+            item("DESK-02", 10_000, "EUR"),
+            item("LAMP-01", 1_999, "EUR"),
+        ];
+        let priced = price(order.lines(), &found).unwrap();
+        assert_eq!(priced.total.minor(), 2 * 1_999 + 3 * 10_000);
+        assert_eq!(priced.total.currency().as_str(), "EUR");
+        assert_eq!(priced.lines[0].sku.as_str(), "LAMP-01");
+        assert_eq!(priced.lines[0].unit_price.minor(), 1_999);
+    }
+
+    #[test]
+    fn a_free_order_prices_to_zero() {
+        let priced = price(
+            order(&[("GIFT-01", 3)]).lines(),
+            &[item("GIFT-01", 0, "EUR")],
+        );
+        assert!(priced.unwrap().total.is_zero());
+    }
+
+    #[test]
+    fn mixed_currencies_and_overflowing_totals_are_unpriceable() {
+        let order = order(&[("LAMP-01", 1), ("DESK-02", 1)]);
+        let mixed = [item("LAMP-01", 1, "EUR"), item("DESK-02", 1, "USD")];
+        assert!(matches!(
+            price(order.lines(), &mixed),
+            Err(PlaceOrderError::Unpriceable(reason)) if reason.contains("currencies")
+        ));
+        let huge = [item("LAMP-01", i64::MAX, "EUR"), item("DESK-02", 1, "EUR")];
+        assert!(matches!(
+            price(order.lines(), &huge),
+            Err(PlaceOrderError::Unpriceable(reason)) if reason.contains("too large")
+        ));
+    }
+
+    #[test]
+    fn a_line_the_catalog_did_not_return_is_unknown() {
+        let result = price(order(&[("LAMP-01", 1)]).lines(), &[]);
+        assert!(matches!(result, Err(PlaceOrderError::UnknownSkus(skus)) if skus == ["LAMP-01"]));
     }
 }

@@ -1,6 +1,6 @@
 //! The product catalog: names, prices and how many units are available.
 
-use faultline_proto::contract::{validate_currency, validate_sku};
+use faultline_domain::{Currency, Money, Sku};
 use sqlx::{FromRow, PgConnection};
 
 /// A product as callers see it.
@@ -18,39 +18,49 @@ pub struct Product {
     pub available: i64,
 }
 
-/// Creates a product or changes its name and price, and adds stock.
+/// Creates a product or changes its name and price, and adds stock. Parsed
+/// ([`ProductUpsert::parse`]): every field holds its rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductUpsert {
-    /// Product to create or change.
-    pub sku: String,
-    /// New display name.
-    pub name: String,
-    /// New unit price in minor units.
-    pub unit_price_minor: i64,
-    /// New currency.
-    pub currency: String,
-    /// Units to add (0 to change only name or price).
-    pub add_stock: i64,
+    sku: Sku,
+    name: String,
+    unit_price: Money,
+    add_stock: i64,
 }
 
 /// Most products one request may read or write.
 pub const MAX_PRODUCTS_PER_REQUEST: usize = 100;
 
+/// Longest display name.
+pub const MAX_NAME_LEN: usize = 200;
+
 impl ProductUpsert {
-    /// Checks every field; the error names the field and the rule.
-    pub fn validate(&self) -> Result<(), String> {
-        validate_sku(&self.sku)?;
-        if self.name.trim().is_empty() || self.name.len() > 200 {
-            return Err(format!("{}: name must be 1 to 200 characters", self.sku));
+    /// Parses one product of an upsert request; the error names the product and the rule.
+    pub fn parse(
+        sku: String,
+        name: String,
+        unit_price_minor: i64,
+        currency: &str,
+        add_stock: i64,
+    ) -> Result<Self, String> {
+        let sku = Sku::parse(sku).map_err(|e| e.to_string())?;
+        if name.trim().is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "{sku}: name must be 1 to {MAX_NAME_LEN} characters"
+            ));
         }
-        if self.unit_price_minor < 0 {
-            return Err(format!("{}: unit price must not be negative", self.sku));
+        let currency = Currency::parse(currency).map_err(|e| format!("{sku}: {e}"))?;
+        let unit_price = Money::new(unit_price_minor, currency)
+            .map_err(|_| format!("{sku}: unit price must not be negative"))?;
+        if add_stock < 0 {
+            return Err(format!("{sku}: add_stock must not be negative"));
         }
-        validate_currency(&self.currency).map_err(|e| format!("{}: {e}", self.sku))?;
-        if self.add_stock < 0 {
-            return Err(format!("{}: add_stock must not be negative", self.sku));
-        }
-        Ok(())
+        Ok(Self {
+            sku,
+            name,
+            unit_price,
+            add_stock,
+        })
     }
 }
 
@@ -84,10 +94,10 @@ pub async fn upsert(
                  updated_at = now()
              RETURNING sku, name, unit_price_minor, currency, available",
         )
-        .bind(&upsert.sku)
+        .bind(upsert.sku.as_str())
         .bind(&upsert.name)
-        .bind(upsert.unit_price_minor)
-        .bind(&upsert.currency)
+        .bind(upsert.unit_price.minor())
+        .bind(upsert.unit_price.currency().as_str())
         .bind(upsert.add_stock)
         .fetch_one(&mut *conn)
         .await?;
@@ -100,42 +110,31 @@ pub async fn upsert(
 mod tests {
     use super::*;
 
-    fn upsert() -> ProductUpsert {
-        ProductUpsert {
-            sku: "LAMP-01".into(),
-            name: "Desk lamp".into(),
-            unit_price_minor: 2_500,
-            currency: "EUR".into(),
-            add_stock: 10,
-        }
+    fn parse(price: i64, currency: &str, add_stock: i64) -> Result<ProductUpsert, String> {
+        ProductUpsert::parse(
+            "LAMP-01".into(),
+            "Desk lamp".into(),
+            price,
+            currency,
+            add_stock,
+        )
     }
 
     #[test]
-    fn a_sound_upsert_passes() {
-        assert_eq!(upsert().validate(), Ok(()));
+    fn a_sound_upsert_parses() {
+        let upsert = parse(2_500, "EUR", 10).unwrap();
+        assert_eq!(upsert.unit_price.minor(), 2_500);
+        assert_eq!(upsert.unit_price.currency().as_str(), "EUR");
     }
 
     #[test]
     fn each_rule_names_the_product_and_the_field() {
-        let negative_price = ProductUpsert {
-            unit_price_minor: -1,
-            ..upsert()
-        };
-        assert!(
-            negative_price
-                .validate()
-                .unwrap_err()
-                .contains("unit price")
-        );
-        let bad_currency = ProductUpsert {
-            currency: "euro".into(),
-            ..upsert()
-        };
-        assert!(bad_currency.validate().unwrap_err().contains("currency"));
-        let negative_stock = ProductUpsert {
-            add_stock: -5,
-            ..upsert()
-        };
-        assert!(negative_stock.validate().unwrap_err().contains("add_stock"));
+        assert!(parse(-1, "EUR", 10).unwrap_err().contains("unit price"));
+        assert!(parse(1, "euro", 10).unwrap_err().contains("currency"));
+        assert!(parse(1, "EUR", -5).unwrap_err().contains("add_stock"));
+        let nameless = ProductUpsert::parse("LAMP-01".into(), " ".into(), 1, "EUR", 0);
+        assert!(nameless.unwrap_err().contains("LAMP-01: name"));
+        let bad_sku = ProductUpsert::parse("LAMP 01".into(), "Lamp".into(), 1, "EUR", 0);
+        assert!(bad_sku.unwrap_err().contains("sku"));
     }
 }

@@ -6,12 +6,12 @@
 //! the stored response commit in one transaction, and a retried call gets that response
 //! back instead of adding the stock again.
 
+use faultline_domain::Sku;
 use faultline_idempotency::grpc::{self, GrpcClaim};
 use faultline_idempotency::{LeaseError, Store};
 use faultline_platform::grpc::database_status;
 use faultline_platform::messaging::publish;
 use faultline_proto::common::v1::Money;
-use faultline_proto::contract::validate_sku;
 use faultline_proto::envelope::Provenance;
 use faultline_proto::inventory::v1 as pb;
 use faultline_proto::inventory::v1::inventory_service_server::InventoryService;
@@ -71,7 +71,7 @@ impl InventoryService for InventoryGrpc {
             )));
         }
         for sku in &skus {
-            validate_sku(sku).map_err(|e| Status::invalid_argument(format!("skus: {e}")))?;
+            Sku::parse(sku.as_str()).map_err(|e| Status::invalid_argument(format!("skus: {e}")))?;
         }
         let mut conn = self.pool.acquire().await.map_err(|e| database_status(&e))?;
         let products = catalog::find(&mut conn, &skus)
@@ -152,14 +152,14 @@ impl InventoryGrpc {
             let price = product.unit_price.ok_or_else(|| {
                 Status::invalid_argument(format!("{}: unit_price is required", product.sku))
             })?;
-            let upsert = ProductUpsert {
-                sku: product.sku,
-                name: product.name,
-                unit_price_minor: price.amount_minor,
-                currency: price.currency,
-                add_stock: product.add_stock,
-            };
-            upsert.validate().map_err(Status::invalid_argument)?;
+            let upsert = ProductUpsert::parse(
+                product.sku,
+                product.name,
+                price.amount_minor,
+                &price.currency,
+                product.add_stock,
+            )
+            .map_err(Status::invalid_argument)?;
             upserts.push(upsert);
         }
         let mut tx = self.pool.begin().await.map_err(|e| database_status(&e))?;

@@ -1,7 +1,7 @@
 //! What is asked of payments to authorize, whichever door it came through.
 
+use faultline_domain::{Currency, CustomerId};
 use faultline_idempotency::{Fingerprint, IdempotencyKey};
-use faultline_proto::contract::validate_currency;
 use uuid::Uuid;
 
 /// A request to hold funds for an order.
@@ -33,13 +33,14 @@ impl AuthorizeRequest {
             }
             Err(error) => return Err(format!("idempotency_key: {error}")),
         }
-        if self.customer_id.trim().is_empty() {
-            return Err("customer_id must not be empty".into());
-        }
+        // Checkout's rules, from the same crate: what checkout accepted is never refused here.
+        CustomerId::parse(self.customer_id.as_str()).map_err(|e| format!("customer_id: {e}"))?;
         if self.amount_minor < 0 {
             return Err("amount must not be negative".into());
         }
-        validate_currency(&self.currency)
+        Currency::parse(&self.currency)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
