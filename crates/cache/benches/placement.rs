@@ -1,5 +1,6 @@
-//! Key placement: the four designs in `faultline_cache::placement` side by side with a
-//! faithful port of the seed article's ring.
+//! Key placement: the cache's rendezvous hashing side by side with the designs it was
+//! chosen over (a ring with virtual nodes, jump hash and Maglev, in `placement/`, here only
+//! to be compared) and a faithful port of the seed article's ring.
 //!
 //! The port: 100 virtual nodes per node, each the MD5 hex digest of `"<node>-<v>"`, kept as
 //! sorted hex strings with a map from point to node; a key goes to the point found by
@@ -17,8 +18,19 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group};
-use faultline_cache::placement::{HashRing, JumpHash, Maglev, Placement, Rendezvous};
+use faultline_cache::placement::{Placement, Rendezvous};
 use md5::{Digest, Md5};
+
+#[path = "placement/jump.rs"]
+mod jump;
+#[path = "placement/maglev.rs"]
+mod maglev;
+#[path = "placement/ring.rs"]
+mod ring;
+
+use jump::JumpHash;
+use maglev::Maglev;
+use ring::HashRing;
 
 /// The seed article's ring, ported as written.
 struct Md5Ring {

@@ -40,3 +40,8 @@ pub use config::{CacheConfig, L1Config};
 pub use error::{InvalidateError, NodeError, SetupError};
 pub use key::{KeySpace, READABLE_PREFIX_BYTES};
 pub use metrics::{CacheCollector, CacheStats, ErrorKind, Outcome};
+
+/// The README's example, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,24 +1,18 @@
 //! Which Redis node holds a key: client-side consistent hashing.
 //!
-//! Four classic designs are here, behind one small trait, so they can be measured side by side
-//! (`benches/placement.rs`, ADR 0006): a hash ring with virtual nodes ([`HashRing`]), jump
-//! consistent hash ([`JumpHash`]), rendezvous or highest-random-weight hashing
-//! ([`Rendezvous`]) and Maglev ([`Maglev`]). The cache uses [`Rendezvous`]; ADR 0006 says
-//! why.
+//! The cache uses rendezvous, or highest-random-weight, hashing ([`Rendezvous`]) behind one
+//! small trait, [`Placement`]. The designs it was chosen over (a hash ring with virtual
+//! nodes, jump consistent hash and Maglev) implement the same trait in the placement
+//! benchmark (`benches/placement/`), which measures all of them side by side; ADR 0006 has
+//! the figures and the reasons.
 //!
 //! Every process must put a key on the same node, whatever build it runs, so keys are hashed
 //! with a specified, portable function ([`key_hash`], XXH3-64) rather than std's `Hasher`s,
 //! whose output is unspecified or randomly keyed per process.
 
-mod jump;
-mod maglev;
 mod rendezvous;
-mod ring;
 
-pub use jump::JumpHash;
-pub use maglev::{DEFAULT_TABLE_SIZE, Maglev};
 pub use rendezvous::Rendezvous;
-pub use ring::HashRing;
 
 /// Maps key hashes onto nodes `0..len()`.
 pub trait Placement: Send + Sync {
@@ -64,8 +58,9 @@ where
 }
 
 /// MurmurHash3's 64-bit finaliser: a bijection with full avalanche, used to derive
-/// independent-looking numbers from one key hash (rendezvous scores, ring points).
-pub(crate) fn mix(mut x: u64) -> u64 {
+/// independent-looking numbers from one key hash (rendezvous scores; ring points and Maglev
+/// offsets in the benchmark's designs).
+pub fn mix(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;

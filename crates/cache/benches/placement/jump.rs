@@ -1,17 +1,17 @@
 //! Jump consistent hash (Lamping and Veach, 2014): no table, no memory, perfect balance and
 //! minimal movement, but nodes are numbered `0..n` and only the last one can be removed.
 
-use super::Placement;
+use faultline_cache::placement::Placement;
 
 /// Jump consistent hash over `n` numbered nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JumpHash {
+pub(crate) struct JumpHash {
     nodes: u32,
 }
 
 impl JumpHash {
     /// Over nodes `0..nodes`.
-    pub fn new(nodes: u32) -> Self {
+    pub(crate) fn new(nodes: u32) -> Self {
         Self { nodes }
     }
 }

@@ -6,28 +6,28 @@
 //! membership change) and slightly more than minimal movement: filling the table again
 //! reshuffles a few slots between nodes that stay.
 
-use super::{Placement, key_hash, mix};
+use faultline_cache::placement::{Placement, key_hash, mix};
 
 /// The table size the paper suggests for small clusters: prime, and much larger than the
 /// node count so slot counts differ by at most one in 65 537.
-pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+pub(crate) const DEFAULT_TABLE_SIZE: u32 = 65_537;
 
 /// Maglev placement over named nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Maglev {
+pub(crate) struct Maglev {
     table: Vec<u32>,
     nodes: usize,
 }
 
 impl Maglev {
     /// Over `nodes`, identified by name, with a table of [`DEFAULT_TABLE_SIZE`] slots.
-    pub fn new<S: AsRef<str>>(nodes: &[S]) -> Self {
+    pub(crate) fn new<S: AsRef<str>>(nodes: &[S]) -> Self {
         Self::with_table_size(nodes, DEFAULT_TABLE_SIZE)
     }
 
     /// With a table of `size` slots. `size` should be prime, so that every node's permutation
     /// visits every slot; otherwise filling falls back to the first free slot.
-    pub fn with_table_size<S: AsRef<str>>(nodes: &[S], size: u32) -> Self {
+    pub(crate) fn with_table_size<S: AsRef<str>>(nodes: &[S], size: u32) -> Self {
         let m = u64::from(size.max(1));
         let n = nodes.len();
         if n == 0 {

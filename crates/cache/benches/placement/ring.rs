@@ -5,11 +5,11 @@
 //! Balance depends on the number of points (the spread of arc lengths shrinks like
 //! `1/sqrt(vnodes)`); lookups are a binary search over `nodes * vnodes` points.
 
-use super::{Placement, key_hash, mix};
+use faultline_cache::placement::{Placement, key_hash, mix};
 
 /// A hash ring with virtual nodes over named nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HashRing {
+pub(crate) struct HashRing {
     /// Sorted `(point, node)` pairs.
     points: Vec<(u64, u32)>,
     nodes: usize,
@@ -17,7 +17,7 @@ pub struct HashRing {
 
 impl HashRing {
     /// Over `nodes`, identified by name, with `vnodes` points each.
-    pub fn new<S: AsRef<str>>(nodes: &[S], vnodes: u32) -> Self {
+    pub(crate) fn new<S: AsRef<str>>(nodes: &[S], vnodes: u32) -> Self {
         let mut points = Vec::with_capacity(nodes.len() * vnodes as usize);
         for (index, name) in nodes.iter().enumerate() {
             let seed = key_hash(name.as_ref().as_bytes());
