@@ -50,3 +50,8 @@ pub use policy::{AccessRequest, Decision, Policy, PolicySettings, Resource};
 pub use principal::Principal;
 pub use secret::Secret;
 pub use tls::{ClientTls, MtlsSettings, ServerTls, TlsError};
+
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

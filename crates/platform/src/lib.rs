@@ -26,3 +26,8 @@ pub mod http;
 pub mod lifecycle;
 pub mod messaging;
 pub mod shutdown;
+
+/// The README's example, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -52,3 +52,8 @@ pub mod orders {
         include!(concat!(env!("OUT_DIR"), "/faultline.orders.v1.rs"));
     }
 }
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

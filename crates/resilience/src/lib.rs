@@ -74,3 +74,8 @@ pub use throttle::{
     AdaptiveThrottle, ThrottleConfig, ThrottleFuture, ThrottleLayer, ThrottleService,
 };
 pub use timeout::{TimeoutConfig, TimeoutFuture, TimeoutLayer, TimeoutService};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -180,3 +180,8 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, InitError> {
     }
     Ok(Telemetry { provider })
 }
+
+/// The README's example, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
