@@ -18,9 +18,7 @@ use crate::credentials::{Caller, Credentials};
 /// A product to load into the catalog.
 #[derive(Debug, Clone)]
 pub struct ProductSpec {
-    /// Its SKU.
     pub sku: &'static str,
-    /// Its name.
     pub name: &'static str,
     /// Unit price in euro cents.
     pub price_cents: i64,

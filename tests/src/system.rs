@@ -23,7 +23,6 @@ pub enum Service {
     Checkout,
     /// Catalog and stock.
     Inventory,
-    /// Payments.
     Payments,
 }
 

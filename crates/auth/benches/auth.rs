@@ -20,7 +20,6 @@
 //! `cargo bench -p faultline-auth --bench auth` against a running one.
 
 #![allow(clippy::unwrap_used)] // a benchmark that fails should stop loudly
-#![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -22,6 +22,8 @@
 //!
 //! The crate's README shows the smallest real use of each part.
 
+#![warn(missing_docs)]
+
 pub mod access;
 pub mod callers;
 pub mod connector;

@@ -22,6 +22,8 @@
 //! changes shape. Settings are [`CacheConfig`]; counters are in [`Cache::stats`] and, for
 //! Prometheus, [`Cache::collector`].
 
+#![warn(missing_docs)]
+
 mod cache;
 mod clock;
 mod config;

@@ -8,6 +8,8 @@
 //! - [`CustomerId`]: who orders and pays (the token's subject).
 //! - [`Currency`] and [`Money`]: minor units in one currency, added only with checks.
 
+#![warn(missing_docs)]
+
 mod customer;
 mod money;
 mod sku;

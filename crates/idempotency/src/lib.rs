@@ -16,6 +16,8 @@
 //! [`layer`] puts this in front of HTTP handlers (axum or any `tower` HTTP service) and
 //! [`grpc`] gives tonic services the same semantics.
 
+#![warn(missing_docs)]
+
 pub mod fingerprint;
 #[cfg(feature = "tonic")]
 pub mod grpc;

@@ -28,6 +28,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod consumer;
 pub mod inbox;
 pub mod kafka;

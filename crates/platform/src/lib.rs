@@ -15,6 +15,8 @@
 //! - [`shutdown`]: a cancellation token that SIGTERM and Ctrl-C trip, so every task can stop
 //!   in order.
 
+#![warn(missing_docs)]
+
 pub mod breakers;
 pub mod command;
 pub mod config;

@@ -7,6 +7,8 @@
 //! answer is [`is_unreachable`], written once, because three answers to it meant that a
 //! Postgres restart was "retry" for the consumer and a `500` at the edges.
 
+#![warn(missing_docs)]
+
 /// True when the error says the database cannot be reached at all, or not right now, as
 /// opposed to refusing this request. Covers the transport (I/O, TLS, a crashed connection
 /// worker), the pool (none free in time, closed), and the server's own SQLSTATEs for it:

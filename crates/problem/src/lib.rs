@@ -8,6 +8,8 @@
 //! error-handling example: build the value where the error is understood, answer with
 //! `IntoResponse`. `docs/api.md` lists the same catalog; a test keeps the two in step.
 
+#![warn(missing_docs)]
+
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, Uri, header};
 use problem_details::ProblemDetails;

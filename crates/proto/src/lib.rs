@@ -5,6 +5,8 @@
 //! Generated code is kept in modules that mirror the protobuf packages, so
 //! `faultline.inventory.v1.ReserveStock` is `faultline_proto::inventory::v1::ReserveStock`.
 
+#![warn(missing_docs)]
+
 pub mod contract;
 pub mod envelope;
 

@@ -25,6 +25,8 @@
 //! each such module says why (the retry budget, for one, keeps `TpsBudget`'s accounting
 //! without its mutex and clock read per call).
 
+#![warn(missing_docs)]
+
 mod backoff;
 pub mod breaker;
 mod budget;

@@ -10,6 +10,8 @@
 //! This crate sits below all the others so that a tower layer's settings need neither the
 //! platform (Postgres, Kafka) nor a config loader to say what is wrong with them.
 
+#![warn(missing_docs)]
+
 /// A setting whose value cannot work, named as its environment variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid setting `{setting}`: {reason}")]

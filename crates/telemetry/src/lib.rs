@@ -16,6 +16,8 @@
 //! Export never slows a request: spans go through the SDK's batch processor, whose bounded
 //! queue drops (and counts, reported by the SDK) when the collector cannot keep up.
 
+#![warn(missing_docs)]
+
 pub mod grpc_client;
 pub mod http;
 pub mod logs;

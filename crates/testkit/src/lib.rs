@@ -10,6 +10,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod redis;
 
 pub use redis::RedisServer;

@@ -75,7 +75,6 @@ pub enum Refusal {
     SagasInFlight {
         /// Sagas not finished.
         in_flight: u64,
-        /// The limit.
         limit: u64,
     },
     /// The outbox is behind.
@@ -83,7 +82,6 @@ pub enum Refusal {
     OutboxBehind {
         /// Age of the oldest unpublished row.
         age_ms: u64,
-        /// The limit.
         limit_ms: u64,
     },
 }

@@ -290,7 +290,6 @@ pub enum OrderStatus {
 /// An order as stored.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Order {
-    /// Its id.
     pub id: Uuid,
     /// Who ordered.
     pub customer_id: String,

@@ -40,17 +40,13 @@ pub enum StockError {
     /// Committing needs a live reservation.
     #[error("order {order_id} has no reservation to commit (state: {state:?})")]
     NothingToCommit {
-        /// The order.
         order_id: Uuid,
         /// What the reservation is instead; `None` when there is none.
         state: Option<ReservationState>,
     },
     /// Sold stock is not given back by a release.
     #[error("order {order_id} has committed stock, which cannot be released")]
-    AlreadyCommitted {
-        /// The order.
-        order_id: Uuid,
-    },
+    AlreadyCommitted { order_id: Uuid },
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

@@ -21,10 +21,7 @@ use crate::stored::{Lock, Payment, by_id, by_key, by_order};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorization {
     /// Funds are held.
-    Authorized {
-        /// The payment.
-        payment_id: Uuid,
-    },
+    Authorized { payment_id: Uuid },
     /// The provider refused.
     Declined {
         /// The payment (kept, so the answer can be replayed).
@@ -33,25 +30,17 @@ pub enum Authorization {
         reason: String,
     },
     /// Authorized, and captured since: the funds were moved, nothing is held any more.
-    Captured {
-        /// The payment.
-        payment_id: Uuid,
-    },
+    Captured { payment_id: Uuid },
     /// Voided: nothing is held, and nothing will be for this order.
-    Voided {
-        /// The payment.
-        payment_id: Uuid,
-    },
+    Voided { payment_id: Uuid },
 }
 
 /// A captured payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
-    /// The payment.
     pub payment_id: Uuid,
     /// Amount moved, minor units.
     pub amount_minor: i64,
-    /// Its currency.
     pub currency: String,
 }
 
@@ -67,7 +56,6 @@ pub enum PaymentError {
     /// Only an authorized payment can be captured.
     #[error("payment of order {order_id} cannot be captured: it is {}", .status.map_or("missing", PaymentStatus::as_str))]
     NotCapturable {
-        /// The order.
         order_id: Uuid,
         /// Its payment's status; `None` when it has none.
         status: Option<PaymentStatus>,

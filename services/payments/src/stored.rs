@@ -75,7 +75,6 @@ pub(crate) struct Payment {
 /// What `payments` holds for an order.
 #[derive(Debug)]
 pub(crate) enum Stored {
-    /// A payment.
     Payment(Payment),
     /// What a void leaves for an order that had no payment yet (migration 0004): the order is
     /// voided, and no payment will ever be authorized for it.

@@ -31,7 +31,6 @@ pub enum Kind {
 /// One broken invariant, said in words.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Violation {
-    /// Its kind.
     pub kind: Kind,
     /// What is wrong, naming the order or SKU.
     pub what: String,

@@ -8,7 +8,6 @@ use super::auditor::{Kind, Violation};
 /// What one fault did.
 #[derive(Debug, Clone, Default)]
 pub struct Row {
-    /// The fault.
     pub fault: String,
     /// POSTs sent in the phase (warm-up, fault, cool-down).
     pub sent: usize,

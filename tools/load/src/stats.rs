@@ -35,7 +35,6 @@ pub enum PostOutcome {
 /// How an accepted order ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
-    /// CONFIRMED.
     Confirmed,
     /// CANCELLED, with the reason checkout gave.
     Cancelled {
@@ -266,7 +265,6 @@ impl Recorder {
 /// How accepted orders ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcomes {
-    /// CONFIRMED.
     pub confirmed: u64,
     /// CANCELLED, for any reason.
     pub cancelled: u64,

@@ -51,7 +51,6 @@ pub enum OrchestratorError {
     /// The stored saga cannot be read; a bug or a manual edit.
     #[error("saga of order {order_id} is unreadable: {detail}")]
     CorruptState {
-        /// The order.
         order_id: Uuid,
         /// What is wrong.
         detail: String,
@@ -91,7 +90,6 @@ pub struct OrderFacts {
     pub customer_id: String,
     /// The amount to authorize.
     pub total_minor: i64,
-    /// Its currency.
     pub currency: String,
     /// When it was placed, for the saga's duration.
     pub created_at: DateTime<Utc>,

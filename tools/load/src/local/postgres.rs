@@ -55,7 +55,6 @@ END;
 pub struct Ceiling {
     /// Transactions per second (pgbench's `tps`, without connection time).
     pub tps: f64,
-    /// Clients.
     pub clients: u32,
     /// Seconds it ran.
     pub duration_s: f64,

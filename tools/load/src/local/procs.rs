@@ -23,7 +23,6 @@ const MAX_SAMPLES: usize = 86_400;
 pub struct Watched {
     /// What the table calls it.
     pub name: String,
-    /// Its pid.
     pub pid: u32,
 }
 
@@ -44,9 +43,7 @@ pub struct Sampler {
 /// One process over the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessReport {
-    /// Name.
     pub name: String,
-    /// Pid.
     pub pid: u32,
     /// Samples taken.
     pub samples: usize,
