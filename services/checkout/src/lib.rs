@@ -3,7 +3,8 @@
 //! - [`http`]: `POST /v1/orders` (with a required `Idempotency-Key`) and
 //!   `GET /v1/orders/{id}` (axum); [`admission`] refuses new orders while the saga pipeline
 //!   is full.
-//! - [`orders`]: placing (validate, price, store, start the saga) and reading orders.
+//! - [`orders`]: placing (parse, price with [`pricing`], store, start the saga) and reading
+//!   orders.
 //! - [`catalog`]: product lookups against inventory over gRPC; [`catalog_cache`] puts a
 //!   Redis cache in front, invalidated by inventory's `ProductChanged` events.
 //! - [`saga`]: the saga as a pure state machine; [`orchestrator`] runs it against the
@@ -19,6 +20,7 @@ pub mod http;
 pub mod kafka;
 pub mod orchestrator;
 pub mod orders;
+pub mod pricing;
 pub mod saga;
 
 pub use config::{Config, InventoryClientSettings, PREFIX, SagaSettings};

@@ -1,17 +1,19 @@
 //! Placing and reading orders.
 //!
-//! Placing an order validates it, prices it from the catalog, and writes the order, its
-//! lines, its saga and the saga's first command in one transaction: the order exists if and
-//! only if its saga has started.
+//! A request is parsed once into a [`PlaceOrder`] (every rule checked, every broken one
+//! reported). Placing it prices it from the catalog ([`crate::pricing`]) and writes the
+//! order, its lines, its saga and the saga's first command in one transaction: the order
+//! exists if and only if its saga has started.
 
 use chrono::{DateTime, Utc};
-use faultline_domain::{Currency, CustomerId, Money, MoneyError, Sku};
+use faultline_domain::{CustomerId, Sku};
 use serde::Serialize;
 use sqlx::{FromRow, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, CatalogError, CatalogItem};
+use crate::catalog::{Catalog, CatalogError};
 use crate::orchestrator::{Orchestrator, OrderFacts};
+use crate::pricing::{Priced, price};
 
 /// Most lines in one order.
 pub const MAX_LINES: usize = 50;
@@ -44,7 +46,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -132,64 +134,6 @@ impl PlaceOrder {
     pub fn lines(&self) -> &[OrderLine] {
         &self.lines
     }
-}
-
-/// An order priced from the catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Priced {
-    lines: Vec<PricedLine>,
-    total: Money,
-}
-
-/// Prices `lines` from the catalog's `found` items: one currency for the whole order and a
-/// total that fits, or the reason why not. Pure, so every rule is unit-tested.
-pub fn price(lines: &[OrderLine], found: &[CatalogItem]) -> Result<Priced, PlaceOrderError> {
-    let unpriceable = |e: MoneyError| match e {
-        MoneyError::CurrencyMismatch(..) => {
-            PlaceOrderError::Unpriceable("the items are priced in different currencies".into())
-        }
-        MoneyError::Overflow => PlaceOrderError::Unpriceable("the order total is too large".into()),
-        MoneyError::Negative => PlaceOrderError::Unpriceable("a price is negative".into()),
-    };
-    let mut priced = Vec::with_capacity(lines.len());
-    let mut total: Option<Money> = None;
-    for line in lines {
-        let Some(item) = found.iter().find(|item| item.sku == line.sku.as_str()) else {
-            return Err(PlaceOrderError::UnknownSkus(vec![line.sku.to_string()]));
-        };
-        let currency = Currency::parse(&item.currency)
-            .map_err(|e| PlaceOrderError::Unpriceable(format!("{}: {e}", line.sku)))?;
-        let unit = Money::new(item.unit_price_minor, currency).map_err(unpriceable)?;
-        let line_total = unit.checked_times(line.quantity).map_err(unpriceable)?;
-        total = Some(match total {
-            None => line_total,
-            Some(sum) => sum.checked_add(line_total).map_err(unpriceable)?,
-        });
-        priced.push(PricedLine {
-            sku: line.sku.clone(),
-            name: item.name.clone(),
-            quantity: line.quantity,
-            unit_price: unit,
-        });
-    }
-    let total = total.ok_or_else(|| {
-        PlaceOrderError::Invalid(vec![FieldError::new(
-            "items",
-            "must contain at least one item",
-        )])
-    })?;
-    Ok(Priced {
-        lines: priced,
-        total,
-    })
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PricedLine {
-    sku: Sku,
-    name: String,
-    quantity: i64,
-    unit_price: Money,
 }
 
 /// An order written in a transaction that is not committed yet, so the caller can add what
@@ -365,16 +309,6 @@ mod tests {
         result.unwrap_err().into_iter().map(|e| e.field).collect()
     }
 
-    fn item(sku: &str, price: i64, currency: &str) -> CatalogItem {
-        CatalogItem {
-            sku: sku.into(),
-            name: format!("the {sku}"),
-            unit_price_minor: price,
-            currency: currency.into(),
-            available: 10,
-        }
-    }
-
     #[test]
     fn a_sound_order_parses() {
         let order = order(&[("LAMP-01", 1), ("DESK-02", 3)]);
@@ -414,49 +348,5 @@ mod tests {
         let skus: Vec<String> = (0..=MAX_LINES).map(|i| format!("SKU-{i}")).collect();
         let lines: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 1)).collect();
         assert_eq!(fields(parse("customer-1", &lines)), vec!["items"]);
-    }
-
-    #[test]
-    fn the_total_is_the_sum_of_quantity_times_unit_price() {
-        let order = order(&[("LAMP-01", 2), ("DESK-02", 3)]);
-        let found = [
-            item("DESK-02", 10_000, "EUR"),
-            item("LAMP-01", 1_999, "EUR"),
-        ];
-        let priced = price(order.lines(), &found).unwrap();
-        assert_eq!(priced.total.minor(), 2 * 1_999 + 3 * 10_000);
-        assert_eq!(priced.total.currency().as_str(), "EUR");
-        assert_eq!(priced.lines[0].sku.as_str(), "LAMP-01");
-        assert_eq!(priced.lines[0].unit_price.minor(), 1_999);
-    }
-
-    #[test]
-    fn a_free_order_prices_to_zero() {
-        let priced = price(
-            order(&[("GIFT-01", 3)]).lines(),
-            &[item("GIFT-01", 0, "EUR")],
-        );
-        assert!(priced.unwrap().total.is_zero());
-    }
-
-    #[test]
-    fn mixed_currencies_and_overflowing_totals_are_unpriceable() {
-        let order = order(&[("LAMP-01", 1), ("DESK-02", 1)]);
-        let mixed = [item("LAMP-01", 1, "EUR"), item("DESK-02", 1, "USD")];
-        assert!(matches!(
-            price(order.lines(), &mixed),
-            Err(PlaceOrderError::Unpriceable(reason)) if reason.contains("currencies")
-        ));
-        let huge = [item("LAMP-01", i64::MAX, "EUR"), item("DESK-02", 1, "EUR")];
-        assert!(matches!(
-            price(order.lines(), &huge),
-            Err(PlaceOrderError::Unpriceable(reason)) if reason.contains("too large")
-        ));
-    }
-
-    #[test]
-    fn a_line_the_catalog_did_not_return_is_unknown() {
-        let result = price(order(&[("LAMP-01", 1)]).lines(), &[]);
-        assert!(matches!(result, Err(PlaceOrderError::UnknownSkus(skus)) if skus == ["LAMP-01"]));
     }
 }
