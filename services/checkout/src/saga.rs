@@ -196,30 +196,9 @@ impl Saga {
         use Event::*;
         use State::*;
 
-        let step = |state, commands: Vec<Command>, decision| Transition {
-            saga: Saga { state, attempts: 1 },
-            commands,
-            decision,
-            restart_deadline: true,
-        };
-        let resend = |commands: Vec<Command>| Transition {
-            saga: Saga {
-                state: self.state,
-                attempts: self.attempts.saturating_add(1),
-            },
-            commands,
-            decision: None,
-            restart_deadline: true,
-        };
-        let progress = |state| Transition {
-            saga: Saga {
-                state,
-                attempts: self.attempts,
-            },
-            commands: vec![],
-            decision: None,
-            restart_deadline: false,
-        };
+        let step = |state, commands, decision| self.step(state, commands, decision);
+        let resend = |commands| self.resend(commands);
+        let progress = |state| self.progress(state);
         let cancel = |code, reason: &str| {
             Some(Decision::Cancel {
                 code,
@@ -299,21 +278,9 @@ impl Saga {
                 },
                 PaymentCaptured,
             ) => progress(completing(stock_committed, true)),
-            (
-                Completing {
-                    stock_committed,
-                    payment_captured,
-                },
-                DeadlinePassed,
-            ) => {
-                let mut outstanding = vec![];
-                if !stock_committed {
-                    outstanding.push(CommitStock);
-                }
-                if !payment_captured {
-                    outstanding.push(CapturePayment);
-                }
-                resend(outstanding)
+            // A step that must succeed in the end: re-send what is still unanswered.
+            (Completing { .. } | Compensating { .. }, DeadlinePassed) => {
+                resend(self.state.outstanding())
             }
 
             (
@@ -330,25 +297,73 @@ impl Saga {
                 },
                 PaymentVoided,
             ) => progress(compensating(stock_released, true)),
-            (
-                Compensating {
-                    stock_released,
-                    payment_voided,
-                },
-                DeadlinePassed,
-            ) => {
-                let mut outstanding = vec![];
-                if !payment_voided {
-                    outstanding.push(VoidPayment);
-                }
-                if !stock_released {
-                    outstanding.push(ReleaseStock);
-                }
-                resend(outstanding)
-            }
-
             _ => return None,
         })
+    }
+}
+
+impl Saga {
+    /// A new step: its first send, with a fresh deadline.
+    fn step(&self, state: State, commands: Vec<Command>, decision: Option<Decision>) -> Transition {
+        Transition {
+            saga: Saga { state, attempts: 1 },
+            commands,
+            decision,
+            restart_deadline: true,
+        }
+    }
+
+    /// The same step sent again, counted.
+    fn resend(&self, commands: Vec<Command>) -> Transition {
+        Transition {
+            saga: Saga {
+                state: self.state,
+                attempts: self.attempts.saturating_add(1),
+            },
+            commands,
+            decision: None,
+            restart_deadline: true,
+        }
+    }
+
+    /// One answer of a two-part step arrived; the step's deadline runs on.
+    fn progress(&self, state: State) -> Transition {
+        Transition {
+            saga: Saga {
+                state,
+                attempts: self.attempts,
+            },
+            commands: vec![],
+            decision: None,
+            restart_deadline: false,
+        }
+    }
+}
+
+impl State {
+    /// The commands of a two-part step still unanswered (void before release, as the
+    /// compensation first sends them).
+    fn outstanding(self) -> Vec<Command> {
+        match self {
+            State::Completing {
+                stock_committed,
+                payment_captured,
+            } => [
+                (!stock_committed).then_some(Command::CommitStock),
+                (!payment_captured).then_some(Command::CapturePayment),
+            ],
+            State::Compensating {
+                stock_released,
+                payment_voided,
+            } => [
+                (!payment_voided).then_some(Command::VoidPayment),
+                (!stock_released).then_some(Command::ReleaseStock),
+            ],
+            _ => [None, None],
+        }
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 

@@ -26,6 +26,35 @@ fn a_step_that_must_succeed_backs_off_and_one_that_may_fail_does_not() {
 
 const MAX: u32 = 3;
 
+#[test]
+fn a_resent_two_part_step_sends_only_what_is_unanswered_void_before_release() {
+    let saga = |state| Saga { state, attempts: 1 };
+    let resent = |state| {
+        saga(state)
+            .on(&Event::DeadlinePassed, MAX)
+            .unwrap()
+            .commands
+    };
+    let compensating = |stock_released, payment_voided| State::Compensating {
+        stock_released,
+        payment_voided,
+    };
+    assert_eq!(
+        resent(compensating(false, false)),
+        [Command::VoidPayment, Command::ReleaseStock]
+    );
+    assert_eq!(resent(compensating(false, true)), [Command::ReleaseStock]);
+    let completing = |stock_committed, payment_captured| State::Completing {
+        stock_committed,
+        payment_captured,
+    };
+    assert_eq!(
+        resent(completing(false, false)),
+        [Command::CommitStock, Command::CapturePayment]
+    );
+    assert_eq!(resent(completing(true, false)), [Command::CapturePayment]);
+}
+
 /// Feeds `events` to a new saga; returns every transition that happened.
 fn run(events: &[Event]) -> (Saga, Vec<Transition>) {
     let (mut saga, _) = Saga::start();
