@@ -15,6 +15,7 @@ pub mod chaos;
 mod client;
 pub mod collector;
 pub mod credentials;
+pub mod kafka_link;
 mod provider_books;
 pub mod proxy;
 pub mod redis;

@@ -77,6 +77,9 @@ pub struct Options {
     pub otlp_endpoint: Option<String>,
     /// A broker of the test's own instead of the shared one.
     pub brokers: Option<String>,
+    /// Where one service bootstraps its Kafka clients instead (a link the test owns in front
+    /// of that broker). [`System::brokers`] stays the broker itself.
+    pub service_brokers: BTreeMap<Service, String>,
     /// Route this service's database connections through a proxy the test can cut.
     pub database_proxy: Option<Service>,
     /// More environment for one service: `(service, variable, value)`.
@@ -95,6 +98,7 @@ impl Default for Options {
             decline_above_cents: 50_000,
             otlp_endpoint: None,
             brokers: None,
+            service_brokers: BTreeMap::new(),
             database_proxy: None,
             extra_env: Vec::new(),
             postgres_server: None,
@@ -220,7 +224,14 @@ impl System {
                     format!("{prefix}_DATABASE__URL"),
                     format!("{database_server}/{}_{run_id}", service.name()),
                 ),
-                (format!("{prefix}_KAFKA__BROKERS"), brokers.clone()),
+                (
+                    format!("{prefix}_KAFKA__BROKERS"),
+                    options
+                        .service_brokers
+                        .get(&service)
+                        .cloned()
+                        .unwrap_or_else(|| brokers.clone()),
+                ),
                 (
                     format!("{prefix}_KAFKA__TOPIC_PREFIX"),
                     topic_prefix.clone(),

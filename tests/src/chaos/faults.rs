@@ -12,8 +12,9 @@ use super::rig::Rig;
 pub enum Link {
     /// checkout's gRPC calls to inventory's catalog.
     CheckoutToInventory,
-    /// Every service's Kafka connections (one broker, one advertised address).
-    ServicesToBroker,
+    /// One service's Kafka connections, and only its (the broker advertises each service
+    /// its own link).
+    ToBroker(Service),
     /// One service's database connections.
     ToPostgres(Service),
 }
@@ -74,10 +75,10 @@ impl Fault {
             faults.push(Fault::Stop(service));
         }
         faults.extend([Fault::KillBroker, Fault::PostgresRestart, Fault::RedisDown]);
-        let mut links = vec![Link::CheckoutToInventory, Link::ServicesToBroker];
-        links.extend(
-            [Service::Checkout, Service::Inventory, Service::Payments].map(Link::ToPostgres),
-        );
+        let services = [Service::Checkout, Service::Inventory, Service::Payments];
+        let mut links = vec![Link::CheckoutToInventory];
+        links.extend(services.map(Link::ToBroker));
+        links.extend(services.map(Link::ToPostgres));
         for link in links {
             for fault in [LinkFault::Latency, LinkFault::Resets, LinkFault::Blackhole] {
                 faults.push(Fault::Link(link, fault));
@@ -120,7 +121,10 @@ impl Fault {
             Fault::Link(link, fault) => {
                 let proxy = match link {
                     Link::CheckoutToInventory => &rig.inventory_link,
-                    Link::ServicesToBroker => &rig.broker.proxy,
+                    Link::ToBroker(service) => rig
+                        .broker
+                        .link(service)
+                        .ok_or_else(|| anyhow::anyhow!("no broker link for {service:?}"))?,
                     Link::ToPostgres(service) => rig
                         .database_links
                         .get(&service)
@@ -162,7 +166,7 @@ impl fmt::Display for Fault {
             Fault::Link(link, fault) => {
                 let link = match link {
                     Link::CheckoutToInventory => "checkout→inventory".to_owned(),
-                    Link::ServicesToBroker => "services→broker".to_owned(),
+                    Link::ToBroker(service) => format!("{}→broker", service.name()),
                     Link::ToPostgres(service) => format!("{}→Postgres", service.name()),
                 };
                 let fault = match fault {

@@ -3,7 +3,8 @@
 //!
 //! - Postgres: a cluster of the run's own ([`Cluster`]), so it can be restarted immediately;
 //!   each service reaches it through a proxy of its own (service→Postgres links).
-//! - The broker: tansu of the run's own, behind a proxy it advertises (services→broker).
+//! - The broker: tansu of the run's own; each service reaches it through a link of its own
+//!   (service→broker links: a proxy, then a forwarder that makes the broker advertise it).
 //! - Redis: a `redis-server` of the run's own (checkout's catalog cache).
 //! - checkout→inventory gRPC: a proxy; its target port is only known once the system runs,
 //!   so checkout is restarted once, before any load, with the proxy's address.
@@ -33,7 +34,7 @@ pub struct Rig {
     pub postgres: Cluster,
     /// The run's Redis.
     pub redis: RedisServer,
-    /// The run's broker and the proxy in front of it.
+    /// The run's broker and each service's link to it.
     pub broker: ProxiedBroker,
     /// checkout→inventory.
     pub inventory_link: TcpProxy,
@@ -68,6 +69,7 @@ impl Rig {
         let mut system = System::start(Options {
             saga_step_timeout: step_timeout,
             brokers: Some(broker.address()),
+            service_brokers: broker.service_addresses(),
             postgres_server: Some(postgres.url()),
             database_servers,
             extra_env: vec![(
