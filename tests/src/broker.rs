@@ -17,8 +17,6 @@ pub struct Broker {
     /// `127.0.0.1:<port>`.
     pub address: String,
     port: u16,
-    /// The port clients are told to use after bootstrap: `port`, or a proxy's in front.
-    advertised_port: u16,
     dir: PathBuf,
     binary: PathBuf,
     child: Option<Child>,
@@ -38,12 +36,6 @@ impl Broker {
     /// Starts a broker on a free port with an empty data directory under `dir`.
     pub async fn start(dir: PathBuf) -> anyhow::Result<Self> {
         let port = faultline_testkit::free_port();
-        Self::start_on(dir, port, port).await
-    }
-
-    /// Starts a broker listening on `port` that tells clients to use `advertised_port` (a
-    /// proxy's, so that clients cannot go around it after their first metadata answer).
-    pub async fn start_on(dir: PathBuf, port: u16, advertised_port: u16) -> anyhow::Result<Self> {
         let binary = binary()?;
         if !binary.exists() {
             bail!(
@@ -55,7 +47,6 @@ impl Broker {
         let mut broker = Self {
             address: format!("127.0.0.1:{port}"),
             port,
-            advertised_port,
             dir,
             binary,
             child: None,
@@ -79,7 +70,7 @@ impl Broker {
             .append(true)
             .open(self.dir.join("tansu.log"))?;
         let listen = format!("tcp://127.0.0.1:{}", self.port);
-        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(&self.binary)
             .args(["broker", "--listener-url", &listen])
             .args(["--advertised-listener-url", &advertised])

@@ -121,7 +121,8 @@ impl System {
         format!("{}.{topic}", self.run_id)
     }
 
-    /// The broker's bootstrap address.
+    /// The broker's own address (services given a link of their own in
+    /// `Options::service_brokers` bootstrap there instead).
     pub fn brokers(&self) -> &str {
         &self.brokers
     }
