@@ -42,9 +42,12 @@ pub async fn refuse_large_heads(request: Request, next: Next) -> Response {
 }
 
 /// Bytes of the head as sent on HTTP/1.1: `METHOD target HTTP/1.1\r\n` and `name: value\r\n`
-/// per header.
+/// per header. Counted from the parts, without rendering the URI: this runs on every request.
 fn head_size(request: &Request) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 11;
+    let uri = request.uri();
+    let target = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = request.method().as_str().len() + target + 11;
     let headers: usize = request
         .headers()
         .iter()

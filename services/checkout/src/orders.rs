@@ -82,9 +82,13 @@ impl PlaceOrder {
         items: impl IntoIterator<Item = (String, i64)>,
     ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let customer_id = CustomerId::parse(customer)
-            .map_err(|e| errors.push(FieldError::new("sub", format!("the token's subject: {e}"))))
-            .ok();
+        let customer_id = match CustomerId::parse(customer) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                errors.push(FieldError::new("sub", format!("the token's subject: {e}")));
+                None
+            }
+        };
         let items: Vec<(String, i64)> = items.into_iter().collect();
         if items.is_empty() {
             errors.push(FieldError::new("items", "must contain at least one item"));
@@ -159,7 +163,7 @@ impl PendingOrder {
     }
 }
 
-/// Validates, prices and writes `order` and starts its saga, in one transaction that the
+/// Prices and writes `order` (already parsed) and starts its saga, in one transaction that the
 /// caller commits ([`PendingOrder::commit`]). Dropping the result rolls everything back.
 #[tracing::instrument(name = "order place", skip_all, fields(order.id = tracing::field::Empty, customer.id = %order.customer_id()))]
 pub async fn place<C: Catalog>(
