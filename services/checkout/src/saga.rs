@@ -196,9 +196,6 @@ impl Saga {
         use Event::*;
         use State::*;
 
-        let step = |state, commands, decision| self.step(state, commands, decision);
-        let resend = |commands| self.resend(commands);
-        let progress = |state| self.progress(state);
         let cancel = |code, reason: &str| {
             Some(Decision::Cancel {
                 code,
@@ -207,20 +204,22 @@ impl Saga {
         };
 
         Some(match (self.state, event) {
-            (AwaitingStock, StockReserved) => step(AwaitingPayment, vec![AuthorizePayment], None),
+            (AwaitingStock, StockReserved) => {
+                self.step(AwaitingPayment, vec![AuthorizePayment], None)
+            }
             (AwaitingStock, StockRejected { reason }) => Transition {
                 restart_deadline: false,
-                ..step(
+                ..self.step(
                     Compensated,
                     vec![],
                     cancel(CancellationCode::OutOfStock, reason),
                 )
             },
             (AwaitingStock, DeadlinePassed) if self.attempts < max_attempts => {
-                resend(vec![ReserveStock])
+                self.resend(vec![ReserveStock])
             }
             // Inventory may still reserve late, so release whatever it might hold.
-            (AwaitingStock, DeadlinePassed) => step(
+            (AwaitingStock, DeadlinePassed) => self.step(
                 Compensating {
                     stock_released: false,
                     payment_voided: true,
@@ -232,7 +231,7 @@ impl Saga {
                 ),
             ),
 
-            (AwaitingPayment, PaymentAuthorized) => step(
+            (AwaitingPayment, PaymentAuthorized) => self.step(
                 Completing {
                     stock_committed: false,
                     payment_captured: false,
@@ -240,7 +239,7 @@ impl Saga {
                 vec![CommitStock, CapturePayment],
                 Some(Decision::Confirm),
             ),
-            (AwaitingPayment, PaymentDeclined { reason }) => step(
+            (AwaitingPayment, PaymentDeclined { reason }) => self.step(
                 Compensating {
                     stock_released: false,
                     payment_voided: true,
@@ -249,10 +248,10 @@ impl Saga {
                 cancel(CancellationCode::PaymentDeclined, reason),
             ),
             (AwaitingPayment, DeadlinePassed) if self.attempts < max_attempts => {
-                resend(vec![AuthorizePayment])
+                self.resend(vec![AuthorizePayment])
             }
             // Payments may still authorize late: void it, then release the stock.
-            (AwaitingPayment, DeadlinePassed) => step(
+            (AwaitingPayment, DeadlinePassed) => self.step(
                 Compensating {
                     stock_released: false,
                     payment_voided: false,
@@ -270,17 +269,17 @@ impl Saga {
                     payment_captured,
                 },
                 StockCommitted,
-            ) => progress(completing(true, payment_captured)),
+            ) => self.progress(completing(true, payment_captured)),
             (
                 Completing {
                     stock_committed,
                     payment_captured: false,
                 },
                 PaymentCaptured,
-            ) => progress(completing(stock_committed, true)),
+            ) => self.progress(completing(stock_committed, true)),
             // A step that must succeed in the end: re-send what is still unanswered.
             (Completing { .. } | Compensating { .. }, DeadlinePassed) => {
-                resend(self.state.outstanding())
+                self.resend(self.state.outstanding())
             }
 
             (
@@ -289,14 +288,14 @@ impl Saga {
                     payment_voided,
                 },
                 StockReleased,
-            ) => progress(compensating(true, payment_voided)),
+            ) => self.progress(compensating(true, payment_voided)),
             (
                 Compensating {
                     stock_released,
                     payment_voided: false,
                 },
                 PaymentVoided,
-            ) => progress(compensating(stock_released, true)),
+            ) => self.progress(compensating(stock_released, true)),
             _ => return None,
         })
     }
