@@ -126,6 +126,8 @@ tansu_up() {
   if listening $KAFKA_PORT; then
     if broker_answers; then
       say "kafka: reusing the broker on 127.0.0.1:$KAFKA_PORT"
+      # One started before the indexes existed gets them too.
+      if [ -f "$STATE/tansu.pid" ]; then tansu_indexes; fi
       return
     fi
     if [ -f "$STATE/tansu.pid" ]; then
@@ -149,6 +151,25 @@ tansu_up() {
   ) &
   echo $! >"$STATE/tansu.pid"
   wait_for_port $KAFKA_PORT tansu
+  tansu_indexes
+}
+
+# tansu's sqlite schema lacks two indexes its hot queries need; without them the broker slows
+# down as its log grows (scripts/tansu-sqlite-indexes.sql says which, and what they cost).
+# tansu creates its tables as it starts, so this retries until they exist; `if not exists`
+# makes it a no-op on a database that has the indexes.
+tansu_indexes() {
+  case $TANSU_STORAGE in sqlite://*) ;; *) return 0 ;; esac
+  local db=${TANSU_STORAGE#sqlite://}
+  db=${db%%\?*}
+  case $db in /*) ;; *) db=$STATE/tansu/$db ;; esac
+  command -v sqlite3 >/dev/null || apt_install sqlite3
+  for _ in $(seq 50); do
+    [ -s "$db" ] && sqlite3 -cmd '.timeout 10000' "$db" \
+      ".read $ROOT/scripts/tansu-sqlite-indexes.sql" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  die "could not add the broker's indexes to $db (tables not created?)"
 }
 
 stop_pidfile() {

@@ -1,5 +1,5 @@
-//! A Kafka-protocol broker of a test's own (tansu on its sqlite engine, as `make` runs it),
-//! for tests that stop and restart the broker without disturbing the shared one.
+//! A Kafka-protocol broker of a test's own (tansu on its sqlite engine, with the indexes
+//! `make` adds), for tests that stop and restart the broker without disturbing the shared one.
 //!
 //! The binary is `FAULTLINE_TANSU_BIN` (the Makefile sets it from `scripts/deps.sh`), else
 //! where `scripts/deps.sh` builds it.
@@ -91,6 +91,35 @@ impl Broker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
+        self.add_indexes(started).await
+    }
+
+    /// The indexes `scripts/deps.sh` adds to the shared broker's database, so that a long run
+    /// on this broker (the full chaos matrix) does not slow down as its log grows.
+    async fn add_indexes(&self, started: Instant) -> anyhow::Result<()> {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/tansu-sqlite-indexes.sql"
+        );
+        loop {
+            // Fails until tansu has created its tables.
+            let output = Command::new("sqlite3")
+                .args(["-cmd", ".timeout 10000"])
+                .arg(self.dir.join("tansu.db"))
+                .arg(format!(".read {script}"))
+                .output()
+                .await
+                .context("running sqlite3 (scripts/deps.sh up installs it)")?;
+            if output.status.success() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "could not add the broker's indexes: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
