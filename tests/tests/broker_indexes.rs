@@ -4,8 +4,9 @@
 //! tansu 0.6.0 follows every record a fetch returns with a query for that record's headers,
 //! and looks up a partition's watermark on every produce and fetch. Without these indexes
 //! both are scans that grow with the log, and the broker slows down until it cannot keep up
-//! (docs/notes/broker.md, "Why the broker slows down as its log grows"). The queries below
-//! have the shape of tansu's own (`header_fetch.sql`, `watermark_select.sql`).
+//! (docs/notes/broker.md, "Why the broker slows down as its log grows"). The header query below
+//! is tansu's own (`header_fetch.sql`, with literals for its parameters); the watermark one
+//! has the shape of its `watermark_select.sql`.
 
 use anyhow::{Context, ensure};
 use faultline_e2e::broker::Broker;
@@ -37,7 +38,10 @@ async fn a_fetched_records_headers_and_a_partitions_watermark_are_found_by_index
         &db,
         "select h.k, h.v from header h \
          join record r on h.topition = r.topition and h.offset_id = r.offset_id \
-         where r.topition = 1 and r.offset_id = 7",
+         join topition tp on tp.id = r.topition \
+         join topic t on tp.topic = t.id \
+         join cluster c on t.cluster = c.id \
+         where c.name = 'tansu' and t.name = 'orders' and tp.partition = 0 and r.offset_id = 7",
     )
     .await?;
     assert!(
